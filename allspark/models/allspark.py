@@ -1,0 +1,200 @@
+"""The AllSpark bottleneck: channel-wise attention that reborns labeled features from unlabeled ones.
+
+Notation in the shapes below: B images per half (labeled / unlabeled), C channels of the stage-4
+map, N = h4 * w4 tokens, h attention heads, K classes, S key/value sources (B unlabeled images,
+or K memory classes).
+
+Numerics follow the official release step by step (see ``../shared/golden/README.md``); the
+state-dict names are the release's (``map_in.0``, ``attn_norm``, ``attn.{q_u, k_u, v_u, q_l2u,
+k_l2u, v_l2u, out_u, out_l2u, kv_queue, queue_ptr}``, ``encoder_norm``, ``map_out.0``).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .segformer_head import SegFormerHead
+
+__all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping"]
+
+
+def _normalize_and_softmax(scores):
+    """Instance norm over each score map (no affine, eps 1e-5, no sqrt(d) scale), softmax over keys.
+    scores (B, M, Q, K) -> (B, M, Q, K)."""
+    return F.instance_norm(scores, eps=1e-5).softmax(dim=-1)
+
+
+@torch.no_grad()
+def channel_semantic_grouping(pseudo_logits, emb_u, size):
+    """Channel Semantic Grouping: assign every unlabeled channel to the class whose pseudo logit map
+    is most similar to it (cosine similarity over tokens).
+
+    pseudo_logits: (B, K, H, W) raw logits of the unlabeled images; emb_u: (B, N, C) channel maps;
+    size: (h4, w4) with h4 * w4 = N. Returns (B, C) int64 class indices.
+    """
+    prob = F.interpolate(pseudo_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
+    similarity = F.normalize(prob, dim=-1) @ F.normalize(emb_u, dim=1)  # (B, K, C)
+    return similarity.argmax(dim=1)
+
+
+class SemanticMemory(nn.Module):
+    """Class-wise FIFO memory (S-Mem) of unlabeled channel maps.
+
+    Buffers (release names): ``kv_queue`` (K, slots, patch_num), initialised N(0, 1), where
+    ``slots`` is the channel count C and ``patch_num`` the token count of a training stage-4 map;
+    ``queue_ptr`` (K,) int64, the next slot to write per class.
+    """
+
+    def __init__(self, num_class, slots, patch_num):
+        super().__init__()
+        self.num_class = num_class
+        self.patch_num = patch_num
+        self.register_buffer("queue_ptr", torch.zeros(num_class, dtype=torch.long))
+        self.register_buffer("kv_queue", torch.randn(num_class, slots, patch_num))
+
+    @torch.no_grad()
+    def enqueue(self, channels, classes):
+        """Write each image's channel maps into the slots of their classes.
+
+        channels: (B, C, N) maps; classes: (B, C) class of each channel. Images in batch order,
+        classes in ascending order, channels in ascending order; a block that runs past the last
+        slot wraps to slot 0, later writes overwrite earlier ones; ptr <- (ptr + n) mod slots.
+        """
+        if channels.shape[-1] != self.patch_num:
+            raise ValueError(
+                f"S-Mem stores {self.patch_num} tokens per channel (image_size // 32 + 1) ** 2, but this training "
+                f"stage-4 map has {channels.shape[-1]} tokens: train with crops of the decoder's image_size")
+        slots = self.kv_queue.shape[1]
+        for b in range(channels.shape[0]):
+            for cls in torch.unique(classes[b]).tolist():
+                feats = channels[b, classes[b] == cls]  # (n, N), ascending channel order
+                n = feats.shape[0]
+                ptr = int(self.queue_ptr[cls])
+                first = min(n, slots - ptr)
+                self.kv_queue[cls, ptr:ptr + first] = feats[:first]
+                if first < n:
+                    self.kv_queue[cls, :n - first] = feats[first:]
+                self.queue_ptr[cls] = (ptr + n) % slots
+
+    def memory_tokens(self):
+        """The memory read as key/value sources: a (K, N, C) copy, outside autograd."""
+        return self.kv_queue.transpose(1, 2).clone()
+
+
+class ChannelAttention(SemanticMemory):
+    """Channel-wise attention of the AllSpark bottleneck.
+
+    It inherits :class:`SemanticMemory` so that the memory buffers keep the release's names
+    (``attn.kv_queue``, ``attn.queue_ptr``). Every linear layer maps C -> h*C (or back) without bias.
+    """
+
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1):
+        super().__init__(num_class, channels, patch_num)
+        self.num_heads = num_heads
+        inner = channels * num_heads
+        self.q_u = nn.Linear(channels, inner, bias=False)
+        self.k_u = nn.Linear(channels, inner, bias=False)
+        self.v_u = nn.Linear(channels, inner, bias=False)
+        self.q_l2u = nn.Linear(channels, inner, bias=False)
+        self.k_l2u = nn.Linear(channels, inner, bias=False)
+        self.v_l2u = nn.Linear(channels, inner, bias=False)
+        self.out_u = nn.Linear(inner, channels, bias=False)
+        self.out_l2u = nn.Linear(inner, channels, bias=False)
+        self.attn_dropout = nn.Dropout(attn_drop)
+        self.proj_dropout = nn.Dropout(attn_drop)
+
+    def self_attention(self, emb_u):
+        """Multi-head channel self-attention of the unlabeled half: (B, N, C) -> (B, N, C)."""
+        B, N, C = emb_u.shape
+        h = self.num_heads
+
+        def heads(x):  # (B, N, h*C) -> (B, h, N, C)
+            return x.view(B, N, h, C).permute(0, 2, 1, 3)
+
+        q = heads(self.q_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
+        k = heads(self.k_u(emb_u))  # (B, h, N, C)
+        v = heads(self.v_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
+        attn = self.attn_dropout(_normalize_and_softmax(q @ k))  # (B, h, C, C)
+        out = attn @ v  # (B, h, C, N)
+        # Channel-major flattening (feature index = c * h + head), as the release lays it out.
+        out = out.permute(0, 3, 2, 1).reshape(B, N, C * h)
+        return self.proj_dropout(self.out_u(out))
+
+    def cross_attention(self, emb_l, source):
+        """Labeled queries against the channels of all sources: emb_l (B, N, C), source (S, N, C)
+        -> (B, N, C). Keys and values of all S sources are concatenated along the key axis (source
+        outer, feature inner) and shared by every labeled image."""
+        S, N, _ = source.shape
+        q = self.q_l2u(emb_l).transpose(-1, -2).unsqueeze(1)  # (B, 1, h*C, N)
+        k = self.k_l2u(source).transpose(0, 1).reshape(N, -1)  # (N, S*h*C)
+        v = self.v_l2u(source).transpose(0, 1).reshape(N, -1)
+        k = k.expand(emb_l.shape[0], 1, N, k.shape[-1])
+        v = v.expand(emb_l.shape[0], 1, N, v.shape[-1])
+        attn = self.attn_dropout(_normalize_and_softmax(q @ k))  # (B, 1, h*C, S*h*C)
+        out = (attn @ v.transpose(-1, -2)).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
+        return self.proj_dropout(self.out_l2u(out))
+
+    def forward(self, emb, size, pseudo_logits=None, use_memory=False):
+        """emb: (2B, N, C) [labeled; unlabeled] in training, (B, N, C) in eval; size = (h4, w4).
+
+        Training: Channel Semantic Grouping and the S-Mem update come first (without grad); the
+        labeled half attends over the unlabeled channels of the whole batch, or over S-Mem when
+        ``use_memory``. Eval: the labeled-branch weights attend over the test features themselves
+        (the release doubles the batch and keeps the first half; the unlabeled half it also computes
+        is discarded, so it is skipped here). Returns a tensor shaped like ``emb``.
+        """
+        if not self.training:
+            return self.cross_attention(emb, emb)
+        if emb.shape[0] % 2:
+            raise ValueError(f"AllSpark training forward needs equal labeled and unlabeled halves, got batch {emb.shape[0]}")
+        if pseudo_logits is None:
+            raise ValueError("AllSpark training forward needs pseudo_logits (eval-mode logits of the unlabeled half)")
+        emb_l, emb_u = emb.chunk(2)
+        if pseudo_logits.shape[0] != emb_u.shape[0]:
+            raise ValueError(f"pseudo_logits has {pseudo_logits.shape[0]} images, the unlabeled half {emb_u.shape[0]}")
+        classes = channel_semantic_grouping(pseudo_logits.detach(), emb_u.detach(), size)
+        self.enqueue(emb_u.detach().transpose(1, 2), classes)
+        out_u = self.self_attention(emb_u)
+        source = self.memory_tokens() if use_memory else emb_u
+        out_l = self.cross_attention(emb_l, source)
+        return torch.cat([out_l, out_u])
+
+
+class AllSpark(nn.Module):
+    """The bottleneck on the stage-4 map: map_in (1x1 conv + GELU) -> LayerNorm -> channel attention
+    (+ residual) -> LayerNorm -> map_out (1x1 conv + GELU). (2B or B, C, h4, w4) -> same shape."""
+
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1):
+        super().__init__()
+        self.map_in = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.GELU())
+        self.attn_norm = nn.LayerNorm(channels, eps=1e-6)
+        self.attn = ChannelAttention(channels, num_heads, num_class, patch_num, attn_drop)
+        self.encoder_norm = nn.LayerNorm(channels, eps=1e-6)
+        self.map_out = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.GELU())
+
+    def forward(self, x, pseudo_logits=None, use_memory=False):
+        B, C, h, w = x.shape
+        en = self.map_in(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        emb = self.attn(self.attn_norm(en), (h, w), pseudo_logits, use_memory) + en
+        out = self.encoder_norm(emb).transpose(1, 2).reshape(B, C, h, w)
+        return self.map_out(out)
+
+
+class AllSparkDecoder(nn.Module):
+    """Decoder type ``allspark`` (the release's ``model.semseg.allspark.SemiDecoder``): the AllSpark
+    bottleneck on the stage-4 map, then the SegFormer head.
+
+    ``forward(feats, pseudo_logits, use_memory)`` with the four stage maps returns logits at stride 4.
+    ``warmup_epoch`` is kept for the trainer, which turns the memory on from that epoch.
+    ``patch_num`` = (image_size // 32 + 1) ** 2, the stage-4 token count of a training crop.
+    """
+
+    def __init__(self, num_class, in_planes, image_size, warmup_epoch, num_heads=2, embedding_dim=768,
+                 attention_dropout=0.1):
+        super().__init__()
+        self.warmup_epoch = warmup_epoch
+        self.allspark = AllSpark(in_planes[-1], num_heads, num_class, (image_size // 32 + 1) ** 2, attention_dropout)
+        self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
+
+    def forward(self, feats, pseudo_logits=None, use_memory=False):
+        c1, c2, c3, c4 = feats
+        return self.decoder([c1, c2, c3, self.allspark(c4, pseudo_logits, use_memory)])

@@ -1,0 +1,115 @@
+"""Build a segmentation model from the ``model:`` section of a config.
+
+    model:
+      backbone: {type: mit_b5, kwargs: {pretrained: true}}
+      decoder:  {type: allspark, kwargs: {num_heads: 2, num_class: 21, in_planes: [64, 128, 320, 512],
+                                          image_size: 513, warmup_epoch: 5, embedding_dim: 768}}
+
+The release's dotted type names (``model.backbone.mit.mit_b5``, ``model.semseg.allspark.SemiDecoder``,
+``model.semseg.semidec_base.SemiDecoder``) are accepted as aliases, so its config files build unchanged.
+"""
+import inspect
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from . import mit
+from .allspark import AllSparkDecoder
+from .segformer_head import SegFormerDecoder
+from .weights import load_pretrained_backbone
+
+__all__ = ["Segmentor", "build_model", "BACKBONES", "DECODERS", "ALIASES"]
+
+BACKBONES = {"mit": mit.MixVisionTransformer, **{name: getattr(mit, name) for name in mit.MIT_PRESETS}}
+DECODERS = {"allspark": AllSparkDecoder, "segformer": SegFormerDecoder}
+ALIASES = {
+    **{f"model.backbone.mit.{name}": name for name in mit.MIT_PRESETS},
+    "model.semseg.allspark.SemiDecoder": "allspark",
+    "model.semseg.semidec_base.SemiDecoder": "segformer",
+}
+# Keywords every backbone accepts besides its constructor's: where to take pretrained weights from.
+_BACKBONE_EXTRA = ("pretrained",)
+
+
+class Segmentor(nn.Module):
+    """Encoder + decoder. ``forward(x)`` with x (N, 3, H, W) returns logits (N, num_class, H, W),
+    upsampled bilinearly (align_corners False) to the input size.
+
+    AllSpark training: ``forward(cat([labeled, unlabeled]), pseudo_logits=p, use_memory=flag)`` in
+    train mode with equal halves, p the eval-mode logits of the unlabeled half.
+    """
+
+    def __init__(self, backbone, decoder):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+
+    def forward(self, x, pseudo_logits=None, use_memory=False):
+        logits = self.decoder(self.backbone(x), pseudo_logits=pseudo_logits, use_memory=use_memory)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _signature(factory):
+    # The presets forward their keywords to MixVisionTransformer.
+    target = mit.MixVisionTransformer if factory.__name__ in mit.MIT_PRESETS else factory
+    params = list(inspect.signature(target).parameters.values())
+    accepted = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    required = [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    return accepted, required
+
+
+def _parse_section(model_cfg, part, registry, extra=()):
+    """Validate ``model.<part>`` and return (type name, kwargs) with aliases resolved."""
+    where = f"model.{part}"
+    section = model_cfg.get(part)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a mapping with 'type' and 'kwargs', got {section!r}")
+    unknown = sorted(set(section) - {"type", "kwargs"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected 'type' and 'kwargs'")
+    type_name = section.get("type")
+    name = ALIASES.get(type_name, type_name)
+    if name not in registry:
+        aliases = sorted(k for k, v in ALIASES.items() if v in registry)
+        raise ConfigError(f"{where}.type: unknown type {type_name!r}; valid types: {sorted(registry)} "
+                          f"(the release's names {aliases} are accepted too)")
+    kwargs = section.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}.kwargs must be a mapping, got {kwargs!r}")
+    accepted, required = _signature(registry[name])
+    accepted = accepted + list(extra)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{where}.kwargs: unknown keyword(s) {unknown} for type {name!r}; valid keywords: {accepted}")
+    missing = [k for k in required if k not in kwargs]
+    if missing:
+        raise ConfigError(f"{where}.kwargs: missing keyword(s) {missing} for type {name!r}")
+    return name, dict(kwargs)
+
+
+def build_model(model_cfg):
+    """Build a :class:`Segmentor` from a config's ``model:`` section (a dict with ``backbone`` and
+    ``decoder``, each ``{type, kwargs}``). Loads pretrained backbone weights when
+    ``backbone.kwargs.pretrained`` is true (``pretrained_weights/<preset>.pth``) or a path.
+    Raises ConfigError naming the offending key."""
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"the model section must be a mapping with 'backbone' and 'decoder', got {model_cfg!r}")
+    unknown = sorted(set(model_cfg) - {"backbone", "decoder"})
+    if unknown:
+        raise ConfigError(f"model: unknown key(s) {unknown}; expected 'backbone' and 'decoder'")
+    bb_name, bb_kwargs = _parse_section(model_cfg, "backbone", BACKBONES, _BACKBONE_EXTRA)
+    dec_name, dec_kwargs = _parse_section(model_cfg, "decoder", DECODERS)
+    pretrained = bb_kwargs.pop("pretrained", False)
+    try:
+        backbone = BACKBONES[bb_name](**bb_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.backbone ({bb_name}): {exc}") from None
+    in_planes = list(dec_kwargs["in_planes"])
+    if in_planes != backbone.embed_dims:
+        raise ConfigError(f"model.decoder.kwargs.in_planes {in_planes} differs from the backbone's "
+                          f"embed_dims {backbone.embed_dims} ({bb_name})")
+    decoder = DECODERS[dec_name](**dec_kwargs)
+    if pretrained:
+        load_pretrained_backbone(backbone, pretrained, preset=bb_name if bb_name in mit.MIT_PRESETS else None)
+    return Segmentor(backbone, decoder)

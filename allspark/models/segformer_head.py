@@ -1,0 +1,82 @@
+"""SegFormer's all-MLP decoder head, with the release's module names.
+
+The release built ``linear_fuse`` with mmcv's ``ConvModule``; :class:`ConvBNReLU` is the same block
+(1x1 conv without bias -> BatchNorm -> ReLU) with the same sub-module names (``conv``, ``bn``,
+``activate``), so state dicts load unchanged without mmcv.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ConvBNReLU", "MLP", "SegFormerHead", "SegFormerDecoder"]
+
+
+class ConvBNReLU(nn.Sequential):
+    """mmcv ``ConvModule(in, out, kernel_size, norm_cfg=BN)`` equivalent: conv (no bias) -> BN -> ReLU."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activate = nn.ReLU(inplace=True)
+        # mmcv's ConvModule initialises the conv with Kaiming normal (fan_out, ReLU) and the BN to 1 / 0.
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+class MLP(nn.Module):
+    """Linear projection over channels: (B, C_in, H, W) -> (B, H * W, C_out)."""
+
+    def __init__(self, input_dim, embed_dim):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, embed_dim)
+
+    def forward(self, x):
+        return self.proj(x.flatten(2).transpose(1, 2))
+
+
+class SegFormerHead(nn.Module):
+    """All-MLP head. ``forward([c1, c2, c3, c4])`` with c_i (B, in_channels[i], H_i, W_i) returns
+    logits (B, num_class, H_1, W_1): every map projected to ``embedding_dim``, c2..c4 resized
+    bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused, dropout, 1x1 classifier."""
+
+    def __init__(self, in_channels, embedding_dim, num_class, dropout=0.1):
+        super().__init__()
+        c1, c2, c3, c4 = in_channels
+        self.linear_c4 = MLP(c4, embedding_dim)
+        self.linear_c3 = MLP(c3, embedding_dim)
+        self.linear_c2 = MLP(c2, embedding_dim)
+        self.linear_c1 = MLP(c1, embedding_dim)
+        self.linear_fuse = ConvBNReLU(embedding_dim * 4, embedding_dim, kernel_size=1)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(embedding_dim, num_class, kernel_size=1)
+
+    def forward(self, feats):
+        c1 = feats[0]
+        size = c1.shape[2:]
+        projected = []
+        for feat, linear in zip(reversed(feats), (self.linear_c4, self.linear_c3, self.linear_c2, self.linear_c1)):
+            n, _, h, w = feat.shape
+            x = linear(feat).permute(0, 2, 1).reshape(n, -1, h, w)
+            if (h, w) != tuple(size):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            projected.append(x)
+        x = self.linear_fuse(torch.cat(projected, dim=1))
+        return self.linear_pred(self.dropout(x))
+
+
+class SegFormerDecoder(nn.Module):
+    """Decoder type ``segformer`` (the release's ``model.semseg.semidec_base.SemiDecoder``, used by the
+    supervised and plain pseudo-labelling baselines): the SegFormer head alone on the four stage maps.
+
+    ``num_heads``, ``image_size`` and ``warmup_epoch`` are accepted and unused, so that the release's
+    baseline configs, which share the AllSpark decoder's keywords, build unchanged.
+    """
+
+    def __init__(self, num_class, in_planes, embedding_dim=768, num_heads=None, image_size=None, warmup_epoch=None):
+        super().__init__()
+        self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
+
+    def forward(self, feats, pseudo_logits=None, use_memory=False):
+        if use_memory:
+            raise ValueError("use_memory=True needs the 'allspark' decoder; this model has the 'segformer' head only")
+        return self.decoder(feats)
