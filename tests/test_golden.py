@@ -1,5 +1,7 @@
 """The model against tensors produced by the official release (../shared/golden/allspark_ref_small.pt).
 
+`python -m pytest tests/test_golden.py -rP` also prints every measured error.
+
 Tolerances are the ones the release itself meets against the file on CPU float32: logits, losses
 and buffers to 1e-5 absolute, gradients to 1e-4 relative (max |ours - ref| / max |ref|)."""
 import pytest
@@ -36,6 +38,7 @@ def golden_model(golden):
 def assert_close(ours, ref, name):
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs reference {tuple(ref.shape)}"
     err = (ours.double() - ref.double()).abs().max().item()
+    print(f"{name}: max abs error {err:.3g}")  # shown with `pytest -rP`
     assert err <= ATOL, f"{name}: max abs error {err:.3g} > {ATOL}"
 
 
@@ -91,6 +94,7 @@ def test_gradients(train_step, golden):
         grad = params[name].grad
         assert grad is not None, f"{name}: no gradient"
         rel = ((grad.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+        print(f"{tag} grad {name}: relative error {rel:.3g}")
         assert rel <= GRAD_RTOL, f"{tag} grad {name}: relative error {rel:.3g} > {GRAD_RTOL}"
 
 
