@@ -125,12 +125,12 @@ class ChannelAttention(SemanticMemory):
         outer, feature inner) and shared by every labeled image."""
         S, N, _ = source.shape
         q = self.q_l2u(emb_l).transpose(-1, -2).unsqueeze(1)  # (B, 1, h*C, N)
+        # Keys and values stay 2-D: matmul broadcasts them over the labeled images (the release
+        # repeats them once per image).
         k = self.k_l2u(source).transpose(0, 1).reshape(N, -1)  # (N, S*h*C)
         v = self.v_l2u(source).transpose(0, 1).reshape(N, -1)
-        k = k.expand(emb_l.shape[0], 1, N, k.shape[-1])
-        v = v.expand(emb_l.shape[0], 1, N, v.shape[-1])
         attn = self.attn_dropout(_normalize_and_softmax(q @ k))  # (B, 1, h*C, S*h*C)
-        out = (attn @ v.transpose(-1, -2)).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
+        out = (attn @ v.T).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
         return self.proj_dropout(self.out_l2u(out))
 
     def forward(self, emb, size, pseudo_logits=None, use_memory=False):
