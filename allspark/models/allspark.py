@@ -123,7 +123,7 @@ class ChannelAttention(SemanticMemory):
         """Labeled queries against the channels of all sources: emb_l (B, N, C), source (S, N, C)
         -> (B, N, C). Keys and values of all S sources are concatenated along the key axis (source
         outer, feature inner) and shared by every labeled image."""
-        S, N, _ = source.shape
+        N = source.shape[1]
         q = self.q_l2u(emb_l).transpose(-1, -2).unsqueeze(1)  # (B, 1, h*C, N)
         # Keys and values stay 2-D: matmul broadcasts them over the labeled images (the release
         # repeats them once per image).
