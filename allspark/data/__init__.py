@@ -1,0 +1,20 @@
+"""Data: split lists, the semi-supervised dataset, the release's augmentations, the toy dataset.
+
+The dataset (and with it torch / torchvision) is imported on first use, so that the list tools
+``python -m allspark.data.splits`` and ``python -m allspark.data.toy`` start quickly.
+"""
+import importlib
+
+from .classes import CLASSES, PALETTES, num_classes, palette_of
+from .lists import DataError, Sample, read_list, write_list
+
+_LAZY = {"SemiDataset": "semi", "MODES": "semi", "IGNORE_INDEX": "semi", "PAD_UNLABELED": "semi"}
+
+__all__ = ["CLASSES", "PALETTES", "num_classes", "palette_of", "DataError", "Sample", "read_list", "write_list",
+           *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

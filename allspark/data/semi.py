@@ -1,0 +1,97 @@
+"""The semi-supervised segmentation dataset: labeled, unlabeled and validation samples from split lists.
+Masks hold class indices (palette or grayscale PNGs); 255 is ignore.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .classes import CLASSES
+from .lists import DataError, read_list
+from .transforms import crop, hflip, normalize, photometric, resize
+
+__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED"]
+
+MODES = ("train_l", "train_u", "val")
+IGNORE_INDEX = 255
+PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
+
+
+class SemiDataset(Dataset):
+    """Samples of one split list in one mode.
+
+    - ``train_l``: (image (3, size, size) float32, mask (size, size) int64) after resize, crop
+      (mask padded with 255), flip and the photometric transforms. With ``nsample`` the list is
+      tiled and cut to that length (the trainer passes the unlabeled list's length).
+    - ``train_u``: (image, ignore mask (size, size) int64: 254 where the crop was padded, else 0),
+      geometric transforms only; the unlabeled mask file is not read.
+    - ``val``: (full image, full mask, image path as id), no augmentation.
+
+    ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, toy);
+    mask values that are neither a class nor 255 raise DataError.
+    """
+
+    def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None):
+        if mode not in MODES:
+            raise DataError(f"unknown dataset mode {mode!r}; valid modes: {list(MODES)}")
+        if mode != "val" and not size:
+            raise DataError(f"mode {mode!r} needs a crop size")
+        if num_classes is None:
+            if name not in CLASSES:
+                raise DataError(f"dataset {name!r} is not one of {sorted(CLASSES)}: give num_classes")
+            num_classes = len(CLASSES[name])
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dataset root not found: {self.root} (dataset {name!r})")
+        if id_path is None:
+            raise DataError(f"mode {mode!r} needs a split list (id_path)")
+        self.name, self.mode, self.size, self.num_classes = name, mode, size, num_classes
+        self.samples = read_list(id_path)
+        if mode == "train_l" and nsample is not None:
+            self.samples = (self.samples * math.ceil(nsample / len(self.samples)))[:nsample]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _file(self, rel, sample, kind):
+        path = self.root / rel
+        if not path.is_file():
+            raise DataError(f"{kind} file not found: {path} (listed at {sample.source})")
+        return path
+
+    def _load_mask(self, sample, image_size):
+        path = self._file(sample.mask, sample, "mask")
+        with Image.open(path) as m:
+            if m.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(f"mask {path} (listed at {sample.source}) has mode {m.mode}: expected a "
+                                "single-channel PNG of class indices (palette or grayscale)")
+            if m.size != image_size:
+                raise DataError(f"sample {sample.source}: image is {image_size[0]}x{image_size[1]} but mask {path} "
+                                f"is {m.size[0]}x{m.size[1]}")
+            mask = np.array(m)
+        bad = mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)]
+        if bad.size:
+            raise DataError(f"mask {path} (listed at {sample.source}) has values {np.unique(bad)[:10].tolist()} that "
+                            f"are neither a class (0..{self.num_classes - 1}) nor {IGNORE_INDEX}")
+        return Image.fromarray(mask.astype(np.uint8))
+
+    def __getitem__(self, index):
+        sample = self.samples[index]
+        with Image.open(self._file(sample.image, sample, "image")) as im:
+            img = im.convert("RGB")
+        if self.mode == "train_u":
+            mask = Image.fromarray(np.zeros((img.size[1], img.size[0]), dtype=np.uint8))
+        else:
+            mask = self._load_mask(sample, img.size)
+        if self.mode == "val":
+            img, mask = normalize(img, mask)
+            return img, mask, sample.image
+
+        img, mask = resize(img, mask, (0.5, 2.0))
+        img, mask = crop(img, mask, self.size, PAD_UNLABELED if self.mode == "train_u" else IGNORE_INDEX)
+        img, mask = hflip(img, mask, p=0.5)
+        if self.mode == "train_l":
+            img = photometric(img)
+        return normalize(img, mask)

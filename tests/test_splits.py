@@ -1,0 +1,125 @@
+"""Split lists: the standard lists parse with their known counts, and the split tools."""
+import subprocess
+import sys
+
+import pytest
+
+from allspark.data import DataError, read_list
+from allspark.data.splits import complete_split, main, make_split, scan_root
+
+from conftest import ROOT
+
+SHARED = ROOT.parent / "shared" / "splits"
+
+EXPECTED = {
+    "pascal/val.txt": 1449, "pascal/train_aug.txt": 10582,
+    "pascal/92/labeled.txt": 92, "pascal/183/labeled.txt": 183, "pascal/366/labeled.txt": 366,
+    "pascal/732/labeled.txt": 732, "pascal/1464/labeled.txt": 1464, "pascal/92/unlabeled.txt": 10490,
+    "pascal/1_16/labeled.txt": 662, "pascal/1_8/labeled.txt": 1323, "pascal/1_4/labeled.txt": 2646,
+    "pascal/1_2/labeled.txt": 5291, "pascal/u2pl_1_8/labeled.txt": 1323,
+    "cityscapes/val.txt": 500, "cityscapes/1_16/labeled.txt": 186, "cityscapes/1_8/labeled.txt": 372,
+    "cityscapes/1_4/labeled.txt": 744, "cityscapes/1_2/labeled.txt": 1488, "cityscapes/1_30/labeled.txt": 100,
+    "cityscapes/1_16/unlabeled.txt": 2789,
+    "coco/val.txt": 5000, "coco/1_512/labeled.txt": 232, "coco/1_256/labeled.txt": 463,
+    "coco/1_128/labeled.txt": 925, "coco/1_64/labeled.txt": 1849, "coco/1_32/labeled.txt": 3697,
+}
+
+
+def shared(rel=""):
+    if not SHARED.is_dir():
+        pytest.skip(f"reference split lists {SHARED} not present")
+    return SHARED / rel
+
+
+def pairs(path):
+    return [(s.image, s.mask) for s in read_list(path)]
+
+
+def test_every_shared_list_parses_with_expected_counts():
+    lists = sorted(shared().rglob("*.txt"))
+    assert len(lists) >= 40
+    counts = {p.relative_to(SHARED).as_posix(): len(read_list(p)) for p in lists}
+    assert {k: counts.get(k) for k in EXPECTED} == EXPECTED
+    prefixes = {"pascal": ("JPEGImages/", "SegmentationClass/"), "cityscapes": ("leftImg8bit/", "gtFine/"),
+                "coco": ("train2017/", "masks/")}
+    for rel in counts:
+        if rel.startswith("coco/val"):
+            continue  # val2017
+        image_prefix, mask_prefix = prefixes[rel.split("/")[0]]
+        for image, mask in pairs(SHARED / rel)[:50]:
+            assert image.startswith(image_prefix) and mask.startswith(mask_prefix), rel
+
+
+@pytest.mark.parametrize("split", ["92", "1464", "1_8", "u2pl_1_4"])
+def test_complete_reproduces_pascal_unlabeled_lists(split):
+    unlabeled = complete_split(pairs(shared(f"pascal/{split}/labeled.txt")), pairs(shared("pascal/train_aug.txt")))
+    assert sorted(unlabeled) == sorted(pairs(shared(f"pascal/{split}/unlabeled.txt")))
+
+
+def test_complete_reproduces_cityscapes_unlabeled_lists():
+    train = pairs(shared("cityscapes/1_2/labeled.txt")) + pairs(shared("cityscapes/1_2/unlabeled.txt"))
+    assert len(train) == 2975
+    unlabeled = complete_split(pairs(shared("cityscapes/1_8/labeled.txt")), train)
+    assert sorted(unlabeled) == sorted(pairs(shared("cityscapes/1_8/unlabeled.txt")))
+
+
+def test_complete_rejects_labeled_images_outside_the_pool():
+    with pytest.raises(DataError, match=r"1 labeled image\(s\) are not among the 2 training images"):
+        complete_split([("x.jpg", "x.png")], [("a.jpg", "a.png"), ("b.jpg", "b.png")])
+
+
+def test_make_split_ratio_count_seed():
+    pool = [(f"i{k}.jpg", f"m{k}.png") for k in range(80)]
+    labeled, unlabeled = make_split(pool, ratio="1/8", seed=1)
+    assert len(labeled) == 10 and len(unlabeled) == 70
+    assert sorted(labeled + unlabeled) == sorted(pool) and not set(labeled) & set(unlabeled)
+    assert labeled == sorted(labeled, key=pool.index), "input order kept"
+    assert make_split(pool, ratio="1/8", seed=1) == (labeled, unlabeled)
+    assert make_split(pool, ratio="1/8", seed=2)[0] != labeled
+    assert len(make_split(pool, count=3)[0]) == 3
+    with pytest.raises(DataError, match="between 1 and 79"):
+        make_split(pool, count=80)
+
+
+def test_cli_make_and_complete_from_a_scanned_root(tmp_path, capsys):
+    for k in range(6):
+        (tmp_path / "data/images/a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"data/images/a/{k}.jpg").write_bytes(b"")
+    assert scan_root(tmp_path / "data", "images", "masks")[0] == ("images/a/0.jpg", "masks/a/0.png")
+    out = tmp_path / "splits/mine"
+    assert main(["make", "--root", str(tmp_path / "data"), "--image-dir", "images", "--mask-dir", "masks",
+                 "--count", "2", "--out", str(out)]) == 0
+    assert len(read_list(out / "labeled.txt")) == 2 and len(read_list(out / "unlabeled.txt")) == 4
+    assert main(["complete", "--labeled", str(out / "labeled.txt"), "--root", str(tmp_path / "data"),
+                 "--image-dir", "images", "--mask-dir", "masks", "--out", str(tmp_path / "u.txt")]) == 0
+    assert (tmp_path / "u.txt").read_text() == (out / "unlabeled.txt").read_text()
+    assert main(["make", "--list", str(tmp_path / "none.txt"), "--ratio", "1/2", "--out", str(out)]) == 2
+    assert "split list not found" in capsys.readouterr().err
+    assert main(["make", "--list", str(out / "labeled.txt"), "--ratio", "3/2", "--out", str(out)]) == 2
+    assert "ratio must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_download_script_fetches_the_standard_layout():
+    result = subprocess.run(["bash", str(ROOT / "scripts/download_splits.sh"), "--dry-run"], capture_output=True,
+                            text=True, check=True, cwd=ROOT)
+    lines = result.stdout.split("\n")
+    dests = {line.split(" <- ")[0].removeprefix("splits/") for line in lines if line}
+    assert all("/0324f3dd4a22128105a5eb135d2586c0bb3cc647/splits/" in line for line in lines if line)
+    expected = {p.relative_to(SHARED).as_posix() for p in shared().rglob("*.txt")}
+    assert dests == expected, "the script fetches exactly the standard lists (COCO's unlabeled ones are made)"
+
+
+def test_download_script_completes_coco_offline(tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "train2017").mkdir(parents=True)
+    for k in (1, 2, 3):
+        (coco / f"train2017/{k:012d}.jpg").write_bytes(b"")
+    dest = tmp_path / "splits"
+    for split in ("1_512", "1_256", "1_128", "1_64", "1_32"):
+        (dest / "coco" / split).mkdir(parents=True)
+        (dest / "coco" / split / "labeled.txt").write_text("train2017/000000000002.jpg masks/000000000002.png\n")
+    subprocess.run(["bash", str(ROOT / "scripts/download_splits.sh"), "--no-download", "--coco-root", str(coco),
+                    "--dest", str(dest)], check=True, cwd=ROOT, capture_output=True, env={"PYTHON": sys.executable,
+                                                                                         "PATH": "/usr/bin:/bin"})
+    assert pairs(dest / "coco/1_32/unlabeled.txt") == [("train2017/000000000001.jpg", "masks/000000000001.png"),
+                                                       ("train2017/000000000003.jpg", "masks/000000000003.png")]
