@@ -1,9 +1,39 @@
-"""Configuration errors and YAML loading shared by the model builder and the entry points."""
+"""Training configs: YAML loading and checking, shared by the model builder and the entry points.
+
+A config is a flat mapping of the release's keys plus a ``model:`` section (see README). Relative
+paths in it (``data_root``, ``val_id_path``) are taken relative to the project root, so a run does not
+depend on the working directory.
+"""
 from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml"]
+__all__ = ["ConfigError", "load_yaml", "load_config", "check_config", "resolve_path", "PROJECT_ROOT", "SCHEMA"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+_NUMBER = (int, float)
+# key: (required, accepted types, default, allowed values or None)
+SCHEMA = {
+    "method": (False, str, None, ("allspark", "semi", "sup")),
+    "dataset": (True, str, None, None),
+    "data_root": (True, str, None, None),
+    "val_id_path": (True, str, None, None),
+    "nclass": (True, int, None, None),
+    "crop_size": (True, int, None, None),
+    "epochs": (True, int, None, None),
+    "batch_size": (True, int, None, None),
+    "lr": (True, _NUMBER, None, None),
+    "lr_multi": (True, _NUMBER, None, None),
+    "criterion": (True, dict, None, None),
+    "model": (True, dict, None, None),
+    "eval_mode": (False, str, "original", ("original", "center_crop", "sliding_window", "multiscale")),
+    "eval_scales": (False, list, [0.75, 1.0, 1.25, 1.5], None),
+    "eval_flip": (False, bool, True, None),
+    "ignore_unlabeled_padding": (False, bool, False, None),
+    "memory_sync": (False, str, "broadcast", ("broadcast", "gather")),
+    "num_workers": (False, int, 1, None),
+}
 
 
 class ConfigError(ValueError):
@@ -22,3 +52,72 @@ def load_yaml(path):
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def resolve_path(value):
+    """A config path: absolute as given, relative to the project root otherwise."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def check_config(cfg, source="config"):
+    """Check keys, types and allowed values against SCHEMA, fill defaults, and check the training
+    keys against the model section. Returns a new dict; raises ConfigError naming the key."""
+    unknown = sorted(set(cfg) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(SCHEMA)}")
+    out = {}
+    for key, (required, types, default, allowed) in SCHEMA.items():
+        if key not in cfg:
+            if required:
+                raise ConfigError(f"{source}: missing key {key!r}")
+            out[key] = default
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) and types is not bool or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
+        out[key] = value
+    for key in ("nclass", "crop_size", "epochs", "batch_size", "num_workers"):
+        if out[key] < (0 if key == "num_workers" else 1):
+            raise ConfigError(f"{source}: {key} must be positive, got {out[key]}")
+    decoder = out["model"].get("decoder") or {}
+    kwargs = decoder.get("kwargs") or {}
+    if kwargs.get("num_class") not in (None, out["nclass"]):
+        raise ConfigError(f"{source}: nclass {out['nclass']} differs from model.decoder.kwargs.num_class "
+                          f"{kwargs['num_class']}")
+    return out
+
+
+def load_config(path, method=None, require_method=True):
+    """Load and check a config; ``method`` (from the command line) overrides the file's. Evaluation
+    passes ``require_method=False``: it needs no method."""
+    cfg = check_config(load_yaml(path), source=str(path))
+    if method is not None:
+        if method not in SCHEMA["method"][3]:
+            raise ConfigError(f"--method must be one of {list(SCHEMA['method'][3])}, got {method!r}")
+        cfg["method"] = method
+    if cfg["method"] is None:
+        if require_method:
+            raise ConfigError(f"{path}: no method: set 'method: allspark | semi | sup' or pass --method")
+        return cfg
+    _check_method(cfg, str(path))
+    return cfg
+
+
+def _check_method(cfg, source):
+    from .models.builder import ALIASES  # noqa: E402  (models import this module)
+
+    decoder = cfg["model"].get("decoder") or {}
+    dec_type = ALIASES.get(decoder.get("type"), decoder.get("type"))
+    wanted = "allspark" if cfg["method"] == "allspark" else "segformer"
+    if dec_type != wanted:
+        raise ConfigError(f"{source}: method {cfg['method']!r} trains the {wanted!r} decoder, but model.decoder.type "
+                          f"is {decoder.get('type')!r}")
+    if wanted == "allspark":
+        image_size = (decoder.get("kwargs") or {}).get("image_size")
+        if image_size != cfg["crop_size"]:
+            raise ConfigError(f"{source}: model.decoder.kwargs.image_size ({image_size}) must equal crop_size "
+                              f"({cfg['crop_size']}): S-Mem is sized for the training crop")

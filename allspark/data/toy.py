@@ -4,7 +4,8 @@
 
 writes ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs of class indices) and the lists
 ``labeled.txt``, ``unlabeled.txt`` and ``val.txt`` under the root. Every object class is one shape
-drawn with one texture, in random colours, so that neither colour nor texture alone names the class;
+drawn with one texture, in colours from a hue range that overlaps its neighbours' (colour hints at the
+class, shape and texture settle it) over a greyish textured background;
 objects may occlude one another; a band of 255 (ignore) runs along every object border, as in VOC.
 The output depends only on the seed and the counts: creating it twice gives identical bytes.
 """
@@ -54,7 +55,7 @@ def _shape(kind, xx, yy, cx, cy, r, angle):
 
 def _texture(kind, xx, yy, rng):
     """Boolean pattern that selects the second colour of an object."""
-    period = rng.uniform(5, 9)
+    period = rng.uniform(8, 13)
     if kind == "stripes":
         a = rng.uniform(0, np.pi)
         return np.sin(2 * np.pi * (xx * np.cos(a) + yy * np.sin(a)) / period) > 0
@@ -72,8 +73,21 @@ OBJECTS = {1: ("disk", "stripes"), 2: ("square", "checker"), 3: ("triangle", "do
 assert len(OBJECTS) + 1 == len(CLASSES["toy"])
 
 
-def _colour(rng):
-    return rng.integers(0, 256, size=3).astype(np.float32)
+def _colour(rng, hue=None):
+    """An RGB colour; with ``hue`` (degrees) a saturated one near that hue, otherwise any colour."""
+    if hue is None:
+        return rng.integers(0, 256, size=3).astype(np.float32)
+    h = (hue % 360) / 60.0
+    x = 1 - abs(h % 2 - 1)
+    rgb = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h) % 6]
+    value, grey = rng.uniform(0.55, 1.0), rng.uniform(0.0, 0.35)
+    return (255 * value * (grey + (1 - grey) * np.array(rgb))).astype(np.float32)
+
+
+# Each object class draws its colour from a hue range of 150 degrees; neighbouring ranges overlap by 60
+# degrees, so colour hints at the class but only shape and texture settle it.
+HUE_CENTRE = {1: 0, 2: 90, 3: 180, 4: 270}
+HUE_SPREAD = 75
 
 
 def _border_band(label):
@@ -91,23 +105,26 @@ def render_sample(rng, min_size, max_size):
     """One image (H, W, 3) uint8 and its mask (H, W) uint8 of class indices with the 255 border band."""
     h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # background: a smooth blend of two random colours, plus noise and a faint random texture
-    c0, c1 = _colour(rng), _colour(rng)
+    # background: a smooth blend of two greyish colours, plus noise and a faint random texture
+    c0, c1 = (0.5 * _colour(rng) + 0.5 * rng.uniform(60, 200) for _ in range(2))
     a = rng.uniform(0, 2 * np.pi)
     t = (xx * np.cos(a) + yy * np.sin(a)) / max(h, w)
     t = ((t - t.min()) / max(t.max() - t.min(), 1e-6))[..., None]
     image = (1 - t) * c0 + t * c1
     distractor = _texture(["stripes", "checker", "dots"][rng.integers(3)], xx, yy, rng)
-    image += (distractor[..., None] * rng.uniform(-25, 25))
+    image += (distractor[..., None] * rng.uniform(-15, 15))
     label = np.zeros((h, w), dtype=np.uint8)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(2, 5))):
         cls = int(rng.integers(1, len(OBJECTS) + 1))
         shape_kind, texture_kind = OBJECTS[cls]
-        r = rng.uniform(0.15, 0.3) * min(h, w)
+        r = rng.uniform(0.22, 0.36) * min(h, w)
         cx, cy = rng.uniform(r * 0.5, w - r * 0.5), rng.uniform(r * 0.5, h - r * 0.5)
         inside = _shape(shape_kind, xx, yy, cx, cy, r, rng.uniform(0, 2 * np.pi))
         pattern = _texture(texture_kind, xx, yy, rng)
-        fg0, fg1 = _colour(rng), _colour(rng)
+        fg0 = _colour(rng, HUE_CENTRE[cls] + rng.uniform(-HUE_SPREAD, HUE_SPREAD))
+        # the second colour differs clearly in brightness, so that the texture is always visible
+        shift = rng.uniform(70, 110) * (1 if fg0.mean() < 128 else -1)
+        fg1 = np.clip(fg0 + shift + rng.uniform(-30, 30, size=3), 0, 255).astype(np.float32)
         image[inside] = np.where(pattern[inside][:, None], fg1, fg0)
         label[inside] = cls
     image += rng.normal(0, 8, size=image.shape)

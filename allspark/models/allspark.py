@@ -9,6 +9,7 @@ state-dict names are the release's (``map_in.0``, ``attn_norm``, ``attn.{q_u, k_
 k_l2u, v_l2u, out_u, out_l2u, kv_queue, queue_ptr}``, ``encoder_norm``, ``map_out.0``).
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -21,6 +22,15 @@ def _normalize_and_softmax(scores):
     """Instance norm over each score map (no affine, eps 1e-5, no sqrt(d) scale), softmax over keys.
     scores (B, M, Q, K) -> (B, M, Q, K)."""
     return F.instance_norm(scores, eps=1e-5).softmax(dim=-1)
+
+
+def _gather_from_all_ranks(tensor):
+    """Concatenate ``tensor`` of every process along dim 0, in rank order (itself for one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -101,6 +111,10 @@ class ChannelAttention(SemanticMemory):
         self.out_l2u = nn.Linear(inner, channels, bias=False)
         self.attn_dropout = nn.Dropout(attn_drop)
         self.proj_dropout = nn.Dropout(attn_drop)
+        # memory_sync: gather. Off (the release): each process enqueues its own unlabeled batch, and DDP's
+        # buffer broadcast leaves every process with rank 0's memory. On: every process enqueues the
+        # batches of all processes, in rank order, so the memories stay identical.
+        self.gather_memory = False
 
     def self_attention(self, emb_u):
         """Multi-head channel self-attention of the unlabeled half: (B, N, C) -> (B, N, C)."""
@@ -152,7 +166,10 @@ class ChannelAttention(SemanticMemory):
         if pseudo_logits.shape[0] != emb_u.shape[0]:
             raise ValueError(f"pseudo_logits has {pseudo_logits.shape[0]} images, the unlabeled half {emb_u.shape[0]}")
         classes = channel_semantic_grouping(pseudo_logits.detach(), emb_u.detach(), size)
-        self.enqueue(emb_u.detach().transpose(1, 2), classes)
+        channels = emb_u.detach().transpose(1, 2)
+        if self.gather_memory:
+            channels, classes = _gather_from_all_ranks(channels), _gather_from_all_ranks(classes)
+        self.enqueue(channels, classes)
         out_u = self.self_attention(emb_u)
         source = self.memory_tokens() if use_memory else emb_u
         out_l = self.cross_attention(emb_l, source)

@@ -1,0 +1,1 @@
+"""Engine: distributed set-up, training loop, evaluation, losses, metrics, checkpoints, logging."""

@@ -1,0 +1,58 @@
+"""Losses: cross-entropy and the release's online hard example mining (OHEM) cross-entropy."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ConfigError
+
+__all__ = ["OhemCrossEntropy", "build_criterion"]
+
+
+class OhemCrossEntropy(nn.Module):
+    """The release's ``ProbOhemCrossEntropy2d``: cross-entropy over the pixels whose probability of
+    the true class is at most ``thresh``, raised to the ``min_kept``-th smallest probability when
+    fewer pixels than that would remain; all valid pixels when fewer than ``min_kept`` are valid.
+
+    forward(pred (B, K, H, W) logits, target (B, H, W) int64) -> scalar mean over the kept pixels."""
+
+    def __init__(self, ignore_index=255, thresh=0.7, min_kept=100000):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.thresh = float(thresh)
+        self.min_kept = int(min_kept)
+
+    def forward(self, pred, target):
+        b, c, h, w = pred.shape
+        target = target.reshape(-1)
+        valid = target != self.ignore_index
+        num_valid = int(valid.sum())
+        if 0 < num_valid and self.min_kept <= num_valid:
+            with torch.no_grad():
+                prob = F.softmax(pred, dim=1).transpose(0, 1).reshape(c, -1)
+                safe_target = target * valid
+                mask_prob = prob.gather(0, safe_target.unsqueeze(0)).squeeze(0).masked_fill(~valid, 1.0)
+                threshold = self.thresh
+                if self.min_kept > 0:
+                    # the min_kept-th smallest probability (the release sorts all of them)
+                    kth = mask_prob.kthvalue(min(mask_prob.numel(), self.min_kept)).values
+                    if kth > self.thresh:
+                        threshold = kth
+                valid = valid & (mask_prob <= threshold)
+        target = target.masked_fill(~valid, self.ignore_index).view(b, h, w)
+        return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
+
+
+def build_criterion(spec):
+    """``{name: CELoss | OHEM, kwargs: {...}}`` from a config -> loss module."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"criterion must be a mapping with 'name' and 'kwargs', got {spec!r}")
+    kwargs = dict(spec.get("kwargs") or {})
+    builders = {"CELoss": (nn.CrossEntropyLoss, {"ignore_index"}),
+                "OHEM": (OhemCrossEntropy, {"ignore_index", "thresh", "min_kept"})}
+    if spec["name"] not in builders:
+        raise ConfigError(f"criterion.name: unknown loss {spec['name']!r}; valid: {sorted(builders)}")
+    cls, accepted = builders[spec["name"]]
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"criterion.kwargs: unknown keyword(s) {unknown} for {spec['name']}; valid: {sorted(accepted)}")
+    return cls(**kwargs)

@@ -1,0 +1,31 @@
+"""Score a checkpoint: python eval.py --config C --checkpoint CKPT [--mode M] [--save-vis DIR]
+
+Works on the CPU, one GPU, or under torchrun (each process scores its share of the val list)."""
+import argparse
+import logging
+import sys
+
+from allspark.config import ConfigError
+from allspark.data import DataError
+from allspark.engine.evaluate import EVAL_MODES
+from allspark.engine.score import main
+from allspark.models import WeightsError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Evaluate a segmentation checkpoint on a config's val list")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True, help="this project's or the release's checkpoint")
+    parser.add_argument("--mode", choices=EVAL_MODES, default=None, help="overrides the config's eval_mode")
+    parser.add_argument("--save-vis", default=None, help="write image | ground truth | prediction PNGs here")
+    parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (ConfigError, DataError, WeightsError) as exc:
+        logging.getLogger("allspark").error(f"error: {exc}")
+        sys.exit(2)

@@ -1,0 +1,33 @@
+"""Train AllSpark or a baseline: python train.py --config C --labeled-id-path L --unlabeled-id-path U --save-path S
+
+One process, torchrun (scripts/train.sh) or srun (scripts/slurm_train.sh); see README."""
+import argparse
+import logging
+import sys
+
+from allspark.config import ConfigError
+from allspark.data import DataError
+from allspark.engine.trainer import main
+from allspark.models import WeightsError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Semi-supervised semantic segmentation: AllSpark and baselines")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/pascal_allspark.yaml")
+    parser.add_argument("--labeled-id-path", required=True, help="labeled split list")
+    parser.add_argument("--unlabeled-id-path", default=None, help="unlabeled split list (not for method sup)")
+    parser.add_argument("--save-path", required=True, help="folder for checkpoints and TensorBoard logs")
+    parser.add_argument("--method", default=None, choices=["allspark", "semi", "sup"],
+                        help="overrides the config's method")
+    parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (ConfigError, DataError, WeightsError, FloatingPointError) as exc:
+        logging.getLogger("allspark").error(f"error: {exc}")
+        sys.exit(2)
