@@ -40,3 +40,14 @@ def zero_dropout(model):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_project_logger():
+    """Entry points called in-process configure the 'allspark' logger; give every test a clean one."""
+    import logging
+
+    logger = logging.getLogger("allspark")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

@@ -1,0 +1,169 @@
+"""Engine pieces against hand-computed cases: metric, OHEM, sliding window, launch variables, configs."""
+import os
+import stat
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from allspark.config import ConfigError, PROJECT_ROOT, load_config
+from allspark.engine.dist import resolve_env
+from allspark.engine.evaluate import center_crop, sliding_window
+from allspark.engine.loaders import ShardSampler
+from allspark.engine.losses import OhemCrossEntropy, build_criterion
+from allspark.engine.metrics import intersection_and_union, mean_iou
+from allspark.engine.trainer import poly_lr
+
+
+def test_intersection_and_union_by_hand():
+    pred = torch.tensor([[0, 1, 1], [2, 2, 0]])
+    target = torch.tensor([[0, 1, 2], [2, 255, 1]])
+    inter, union, area = intersection_and_union(pred, target, 4, 255)
+    # valid pixels: (0,0) (1,1) (1,2) (2,2) (0,1); the ignored pixel predicted 2 does not count
+    assert inter.tolist() == [1, 1, 1, 0]
+    assert area.tolist() == [1, 2, 2, 0]
+    assert union.tolist() == [2, 3, 2, 0]  # pred areas [2, 2, 1, 0] + target - inter
+    miou, ious = mean_iou(inter, union)
+    assert ious == pytest.approx([50.0, 100 / 3, 50.0, 0.0])
+    assert miou == pytest.approx((50 + 100 / 3 + 50) / 4)
+
+
+def test_ohem_keeps_all_valid_pixels_when_fewer_than_min_kept():
+    pred, target = torch.randn(1, 3, 2, 2), torch.tensor([[[0, 1], [2, 255]]])
+    expected = F.cross_entropy(pred, target, ignore_index=255)
+    assert torch.allclose(OhemCrossEntropy(255, thresh=0.7, min_kept=4)(pred, target), expected)
+
+
+def _logits_with_true_class_probs(probs):
+    """Two-class logits whose softmax gives class 0 the probabilities ``probs`` (1, 2, 1, len)."""
+    p = torch.tensor(probs)
+    return torch.stack([torch.log(p), torch.log(1 - p)]).view(1, 2, 1, -1)
+
+
+def test_ohem_threshold_and_min_kept_by_hand():
+    pred = _logits_with_true_class_probs([0.1, 0.5, 0.8, 0.9, 0.95, 0.3])
+    target = torch.tensor([[[0, 0, 0, 0, 0, 255]]])
+    # thresh 0.7, min_kept 2: the 2nd smallest true-class probability (0.5) is below the threshold, so
+    # the pixels with p <= 0.7 are kept: 0.1 and 0.5.
+    kept = torch.tensor([[[0, 0, 255, 255, 255, 255]]])
+    assert torch.allclose(OhemCrossEntropy(255, 0.7, 2)(pred, target), F.cross_entropy(pred, kept, ignore_index=255))
+    # min_kept 4: the 4th smallest (0.9) is above 0.7 and becomes the threshold: 0.1, 0.5, 0.8, 0.9 kept.
+    kept = torch.tensor([[[0, 0, 0, 0, 255, 255]]])
+    assert torch.allclose(OhemCrossEntropy(255, 0.7, 4)(pred, target), F.cross_entropy(pred, kept, ignore_index=255))
+
+
+def test_build_criterion_errors():
+    assert isinstance(build_criterion({"name": "OHEM", "kwargs": {"thresh": 0.7, "min_kept": 10}}), OhemCrossEntropy)
+    with pytest.raises(ConfigError, match=r"unknown loss 'Focal'"):
+        build_criterion({"name": "Focal"})
+    with pytest.raises(ConfigError, match=r"unknown keyword\(s\) \['thres'\] for OHEM"):
+        build_criterion({"name": "OHEM", "kwargs": {"thres": 0.7}})
+
+
+def test_sliding_window_covers_with_config_class_count():
+    calls = []
+
+    def model(x):  # every window votes for class 4 with certainty
+        calls.append(tuple(x.shape[-2:]))
+        logits = torch.full((x.shape[0], 5, *x.shape[-2:]), -50.0)
+        logits[:, 4] = 50.0
+        return logits
+
+    scores = sliding_window(model, torch.zeros(1, 3, 10, 10), window=6, num_classes=5)
+    assert scores.shape == (1, 5, 10, 10)
+    # window 6, stride 4: windows start at 0, 4, 8 and are cut at the border
+    assert calls == [(6, 6), (6, 6), (6, 2), (6, 6), (6, 6), (6, 2), (2, 6), (2, 6), (2, 2)]
+    cover = torch.tensor([1, 1, 1, 1, 2, 2, 1, 1, 2, 2], dtype=torch.float32)
+    assert torch.allclose(scores[0, 4], cover[:, None] * cover[None, :])
+    assert torch.allclose(scores[0, :4], torch.zeros(4, 10, 10))
+
+
+def test_center_crop():
+    img, mask = torch.arange(100.0).view(1, 1, 10, 10), torch.arange(100).view(1, 10, 10)
+    i, m = center_crop(img, mask, 4)
+    assert i[0, 0, 0].tolist() == [33, 34, 35, 36] and m.shape == (1, 4, 4)
+    assert center_crop(img, mask, 20)[1].shape == (1, 10, 10), "smaller than the crop: kept whole"
+
+
+def test_shard_sampler_sees_every_sample_once():
+    shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+    assert [len(s) for s in shards] == [4, 4, 3]
+
+
+def test_poly_lr():
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_resolve_env_torchrun_slurm_and_single(tmp_path, monkeypatch):
+    assert resolve_env({}).world_size == 1
+    env = resolve_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
+    assert (env.launcher, env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == \
+        ("torchrun", 3, 4, 1, "h", 1234)
+    stub = tmp_path / "scontrol"
+    stub.write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a07\\ngpu-a08\\n"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    env = resolve_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+                       "SLURM_NODELIST": "gpu-a[07-08]"}, port=23456)
+    assert (env.launcher, env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == \
+        ("slurm", 5, 8, 1, "gpu-a07", 23456)
+
+
+# ---- configs ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, values", [
+    ("pascal_allspark", dict(crop_size=513, epochs=80, batch_size=2, lr=0.001, lr_multi=10.0, nclass=21,
+                             eval_mode="original", criterion={"name": "CELoss", "kwargs": {"ignore_index": 255}})),
+    ("cityscapes_allspark", dict(crop_size=801, epochs=240, batch_size=2, lr=0.005, lr_multi=1.0, nclass=19,
+                                 eval_mode="sliding_window", criterion={"name": "OHEM", "kwargs": {
+                                     "ignore_index": 255, "thresh": 0.7, "min_kept": 200000}})),
+    ("coco_allspark", dict(crop_size=513, epochs=10, batch_size=4, lr=0.001, lr_multi=10.0, nclass=81)),
+])
+def test_release_recipes(name, values):
+    cfg = load_config(PROJECT_ROOT / "configs" / f"{name}.yaml")
+    assert {k: cfg[k] for k in values} == values
+    assert cfg["ignore_unlabeled_padding"] is False and cfg["memory_sync"] == "broadcast"
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup"}[path.stem.split("_", 1)[1]]
+    assert cfg["method"] == expected
+
+
+def write_config(tmp_path, **changes):
+    import yaml
+
+    cfg = yaml.safe_load((PROJECT_ROOT / "configs/toy_allspark.yaml").read_text())
+    for key, value in changes.items():
+        if value is ...:
+            cfg.pop(key)
+        else:
+            cfg[key] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    (dict(learning_rate=0.1), r"unknown key\(s\) \['learning_rate'\]"),
+    (dict(crop_size=...), r"missing key 'crop_size'"),
+    (dict(epochs="ten"), r"epochs must be int, got 'ten'"),
+    (dict(eval_mode="tiles"), r"eval_mode must be one of \['original', 'center_crop', 'sliding_window', 'multiscale'\]"),
+    (dict(nclass=6), r"nclass 6 differs from model.decoder.kwargs.num_class 5"),
+    (dict(method="semi"), r"method 'semi' trains the 'segformer' decoder, but model.decoder.type is 'allspark'"),
+    (dict(crop_size=129), r"image_size \(97\) must equal crop_size \(129\)"),
+    (dict(memory_sync="all"), r"memory_sync must be one of \['broadcast', 'gather'\]"),
+])
+def test_config_errors(tmp_path, changes, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(write_config(tmp_path, **changes))
+
+
+def test_method_flag_overrides_and_is_required(tmp_path):
+    with pytest.raises(ConfigError, match="no method"):
+        load_config(write_config(tmp_path, method=...))
+    assert load_config(write_config(tmp_path, method=...), method="allspark")["method"] == "allspark"

@@ -1,0 +1,253 @@
+"""End to end on the CPU: train.py under torchrun (gloo) and SLURM variables, resume after a kill,
+eval.py on our and the release's checkpoints, and the errors a user meets first."""
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from allspark.data.toy import make_toy_dataset
+
+from conftest import ROOT, golden_file
+
+TINY_MODEL = {
+    "backbone": {"type": "mit", "kwargs": {"embed_dims": [16, 32, 40, 64], "num_heads": [1, 2, 5, 8],
+                                           "depths": [1, 1, 1, 1]}},
+    "decoder": {"type": "allspark", "kwargs": {"num_heads": 2, "num_class": 5, "in_planes": [16, 32, 40, 64],
+                                               "image_size": 65, "warmup_epoch": 1, "embedding_dim": 32}},
+}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    lists = make_toy_dataset(root, seed=1, num_train=20, num_val=4, num_labeled=4, min_size=64, max_size=80)
+    return SimpleNamespace(root=root, **{k: str(v) for k, v in lists.items()})
+
+
+def write_config(path, toy, method="allspark", **changes):
+    model = yaml.safe_load(yaml.safe_dump(TINY_MODEL))
+    if method != "allspark":
+        model["decoder"] = {"type": "segformer", "kwargs": {"num_class": 5, "in_planes": [16, 32, 40, 64],
+                                                            "embedding_dim": 32}}
+    cfg = {"method": method, "dataset": "toy", "data_root": str(toy.root), "val_id_path": toy.val, "nclass": 5,
+           "crop_size": 65, "epochs": 2, "batch_size": 2, "lr": 0.005, "lr_multi": 10.0,
+           "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}, "num_workers": 0, "model": model}
+    cfg.update(changes)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_",
+                                                                     "SLURM_"))}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run(args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=kwargs.pop("env", clean_env()),
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def train_args(cfg, toy, save, *extra):
+    return ["train.py", "--config", str(cfg), "--labeled-id-path", toy.labeled, "--unlabeled-id-path", toy.unlabeled,
+            "--save-path", str(save), *extra]
+
+
+def mious(log):
+    return [float(v) for v in re.findall(r"MeanIoU: ([0-9.]+)", log)]
+
+
+@pytest.mark.parametrize("method", ["allspark", "semi", "sup"])
+def test_torchrun_two_processes(tmp_path, toy, method):
+    cfg = write_config(tmp_path / "c.yaml", toy, method)
+    save = tmp_path / "run"
+    out = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", *train_args(cfg, toy, save)])
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "launcher torchrun, world size 2, device cpu, backend gloo" in log
+    assert "SyncBatchNorm: off on CPU" in log
+    assert len(mious(log)) == 2 and log.count("===========> Epoch:") == 2
+    assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
+                     r"[0-9.]+ img/s, ETA", log)
+    ckpt = torch.load(save / "latest.pth", weights_only=True)
+    assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best"}
+    assert ckpt["epoch"] == 1 and round(ckpt["previous_best"], 2) == max(mious(log))
+    assert all(k.startswith("module.") for k in ckpt["model"])
+    assert (save / "best.pth").is_file()
+    assert list(save.glob("events.out.tfevents.*")), "TensorBoard scalars"
+    assert not list(save.glob(".*.tmp")), "no temporary checkpoint left behind"
+    if method == "allspark":
+        ptr = ckpt["model"]["module.decoder.allspark.attn.queue_ptr"]
+        assert ptr.sum() > 0, "the semantic memory was written"
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, toy):
+    """A run killed in its second epoch and restarted ends exactly where an uninterrupted run ends."""
+    lists = make_toy_dataset(tmp_path / "data", seed=2, num_train=44, num_val=2, num_labeled=4, min_size=64,
+                             max_size=72)
+    data = SimpleNamespace(root=tmp_path / "data", **{k: str(v) for k, v in lists.items()})
+    cfg = write_config(tmp_path / "c.yaml", data)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run(train_args(cfg, data, whole)).returncode == 0
+
+    proc = subprocess.Popen([sys.executable, *train_args(cfg, data, broken)], cwd=ROOT, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (broken / "latest.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    first = torch.load(broken / "latest.pth", weights_only=True)
+    assert first["epoch"] == 0, "the kill must land in the second epoch"
+    saved_lr = first["optimizer"]["param_groups"][0]["lr"]
+
+    out = run(train_args(cfg, data, broken))
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert f"resumed from {broken / 'latest.pth'}: epoch 0 done, lr {saved_lr:.8f}" in out.stdout
+    assert out.stdout.count("===========> Epoch:") == 1 and "Epoch: 1," in out.stdout
+    a = torch.load(whole / "latest.pth", weights_only=True)
+    b = torch.load(broken / "latest.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["param_groups"][1]["lr"] == b["optimizer"]["param_groups"][1]["lr"]
+    for idx, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][idx]["momentum_buffer"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, toy):
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = write_config(tmp / "c.yaml", toy)
+    out = run(train_args(cfg, toy, tmp / "run"))
+    assert out.returncode == 0, out.stdout[-3000:]
+    return SimpleNamespace(cfg=cfg, save=tmp / "run", log=out.stdout)
+
+
+def test_eval_py_scores_the_best_checkpoint(trained, tmp_path):
+    out = run(["eval.py", "--config", str(trained.cfg), "--checkpoint", str(trained.save / "best.pth"),
+               "--save-vis", str(tmp_path / "vis")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert mious(out.stdout) == [max(mious(trained.log))], "eval.py reproduces the training's best score"
+    assert len(re.findall(r"Class \[\d+ [a-z ]+\] IoU", out.stdout)) == 5
+    panels = sorted((tmp_path / "vis").glob("*.png"))
+    assert len(panels) == 4
+    from PIL import Image
+    with Image.open(panels[0]) as im:
+        assert im.size[0] % 3 == 0 and im.size[0] // 3 >= 64
+
+
+def test_eval_py_modes_and_torchrun(trained):
+    # (sliding_window is covered in test_engine_units: the release cuts edge windows at the border, and on
+    # these 64-80 px images a cut window is smaller than MiT's stage-1 reduction accepts)
+    for mode in ("multiscale", "center_crop"):
+        out = run(["eval.py", "--config", str(trained.cfg), "--checkpoint", str(trained.save / "latest.pth"),
+                   "--mode", mode])
+        assert out.returncode == 0 and f"Evaluation {mode}" in out.stdout, out.stdout + out.stderr
+    single = run(["eval.py", "--config", str(trained.cfg), "--checkpoint", str(trained.save / "latest.pth")])
+    double = run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "eval.py",
+                  "--config", str(trained.cfg), "--checkpoint", str(trained.save / "latest.pth")])
+    assert double.returncode == 0, double.stdout + double.stderr
+    assert mious(double.stdout) == mious(single.stdout), "every val image counted once over two processes"
+
+
+def test_eval_py_on_release_checkpoint_from_golden(tmp_path, toy):
+    golden = torch.load(golden_file("allspark_ref_small.pt"), weights_only=False)
+    ckpt = {"model": {f"module.{k}": v for k, v in golden["state_dict"].items()},
+            "optimizer": {"state": {}, "param_groups": []}, "epoch": 79, "best_epoch": 70, "previous_best": 80.1}
+    torch.save(ckpt, tmp_path / "release.pth")
+    cfg = write_config(tmp_path / "c.yaml", toy)
+    out = run(["eval.py", "--config", str(cfg), "--checkpoint", str(tmp_path / "release.pth")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "epoch 79" in out.stdout and len(mious(out.stdout)) == 1
+
+
+def test_slurm_launch_with_stub_scontrol(tmp_path, toy):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "scontrol"
+    stub.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\nprintf "127.0.0.1\\nnode2\\n"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    cfg = write_config(tmp_path / "c.yaml", toy, "sup", epochs=1)
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                        SLURM_NODELIST="node[1-2]", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        procs.append(subprocess.Popen([sys.executable, *train_args(cfg, toy, tmp_path / "run", "--port", str(port))],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "launcher slurm, world size 2" in logs[0]
+    assert "show hostnames node[1-2]" in (bin_dir / "calls").read_text()
+    assert (tmp_path / "run" / "latest.pth").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_latest(tmp_path, toy, monkeypatch):
+    from allspark.engine import trainer
+
+    cfg = write_config(tmp_path / "c.yaml", toy, epochs=1)
+    args = SimpleNamespace(config=str(cfg), labeled_id_path=toy.labeled, unlabeled_id_path=toy.unlabeled,
+                           save_path=str(tmp_path / "run"), method=None, port=None, seed=0)
+    trainer.main(args)
+    before = (tmp_path / "run" / "latest.pth").read_bytes()
+    write_config(tmp_path / "c.yaml", toy, epochs=2)
+
+    real = trainer.build_criterion
+
+    def poisoned(spec):
+        crit = real(spec)
+        calls = []
+
+        def nan_on_second_call(pred, target):
+            calls.append(1)
+            loss = crit(pred, target)
+            return loss * float("nan") if len(calls) == 2 else loss
+        return nan_on_second_call
+    monkeypatch.setattr(trainer, "build_criterion", lambda spec: _Wrap(poisoned(spec)))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at epoch 1, iteration 1 "):
+        trainer.main(args)
+    assert (tmp_path / "run" / "latest.pth").read_bytes() == before
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, pred, target):
+        return self.fn(pred, target)
+
+
+def test_cli_errors(tmp_path, toy, trained):
+    bad = write_config(tmp_path / "bad.yaml", toy, warmup=3)
+    out = run(train_args(bad, toy, tmp_path / "x"))
+    assert out.returncode == 2 and "unknown key(s) ['warmup']" in out.stdout + out.stderr
+    good = write_config(tmp_path / "good.yaml", toy)
+    out = run(["train.py", "--config", str(good), "--labeled-id-path", str(tmp_path / "missing.txt"),
+               "--unlabeled-id-path", toy.unlabeled, "--save-path", str(tmp_path / "x")])
+    assert out.returncode == 2 and f"split list not found: {tmp_path / 'missing.txt'}" in out.stdout + out.stderr
+    other = write_config(tmp_path / "seven.yaml", toy, nclass=7)
+    other_cfg = yaml.safe_load(other.read_text())
+    other_cfg["model"]["decoder"]["kwargs"]["num_class"] = 7
+    other.write_text(yaml.safe_dump(other_cfg))
+    out = run(["eval.py", "--config", str(other), "--checkpoint", str(trained.save / "best.pth")])
+    assert out.returncode == 2
+    assert "It was trained for 5 classes, the model has 7" in out.stdout + out.stderr
