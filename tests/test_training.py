@@ -103,7 +103,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, toy):
     lists = make_toy_dataset(tmp_path / "data", seed=2, num_train=44, num_val=2, num_labeled=4, min_size=64,
                              max_size=72)
     data = SimpleNamespace(root=tmp_path / "data", **{k: str(v) for k, v in lists.items()})
-    cfg = write_config(tmp_path / "c.yaml", data)
+    cfg = write_config(tmp_path / "c.yaml", data, num_workers=1)  # persistent workers: seeds come per sample
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run(train_args(cfg, data, whole)).returncode == 0
 

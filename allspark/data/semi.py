@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .classes import CLASSES
 from .lists import DataError, read_list
-from .transforms import crop, hflip, normalize, photometric, resize
+from .transforms import crop, hflip, normalize, photometric, resize, seed_all
 
 __all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED"]
 
@@ -30,7 +30,8 @@ class SemiDataset(Dataset):
     - ``val``: (full image, full mask, image path as id), no augmentation.
 
     ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, toy);
-    mask values that are neither a class nor 255 raise DataError.
+    mask values that are neither a class nor 255 raise DataError. An index may come as
+    (index, seed): the augmentations then draw from that seed, whatever worker loads the sample.
     """
 
     def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None):
@@ -78,6 +79,9 @@ class SemiDataset(Dataset):
         return Image.fromarray(mask.astype(np.uint8))
 
     def __getitem__(self, index):
+        if isinstance(index, tuple):  # (index, seed) from a seeding sampler: draw this sample's own randomness
+            index, seed = index
+            seed_all(seed)
         sample = self.samples[index]
         with Image.open(self._file(sample.image, sample, "image")) as im:
             img = im.convert("RGB")

@@ -10,10 +10,17 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-__all__ = ["resize", "crop", "hflip", "blur", "photometric", "normalize", "MEAN", "STD"]
+__all__ = ["resize", "crop", "hflip", "blur", "photometric", "normalize", "seed_all", "MEAN", "STD"]
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet
 STD = (0.229, 0.224, 0.225)
+
+
+def seed_all(seed):
+    """Seed the three generators the augmentations draw from: Python's, NumPy's and torch's."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
 
 
 def resize(img, mask, ratio_range=(0.5, 2.0)):

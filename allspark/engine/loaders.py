@@ -1,14 +1,13 @@
 """Data loaders for training and validation under torch.distributed, with reproducible seeds."""
-import random
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..config import resolve_path
 from ..data import SemiDataset
+from ..data.transforms import seed_all
 
-__all__ = ["ShardSampler", "build_loaders", "build_val_loader", "seed_all", "epoch_seed"]
+__all__ = ["ShardSampler", "SeededSampler", "build_loaders", "build_val_loader", "seed_all", "epoch_seed"]
 
 
 class ShardSampler(Sampler):
@@ -25,21 +24,41 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def seed_all(seed):
-    """Seed Python's, NumPy's and torch's generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 def epoch_seed(seed, epoch, rank):
     """A seed of its own for each (run seed, epoch, rank): a resumed epoch draws what it would have drawn."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+class SeededSampler(Sampler):
+    """A DistributedSampler whose items are (index, seed): each sample's augmentations draw from a seed
+    of (run seed, epoch, rank, position), so an epoch draws the same whichever worker loads what, with
+    persistent workers, and after a resume."""
+
+    def __init__(self, dataset, env, seed):
+        self.sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed)
+        self.seed, self.rank, self.epoch = seed, env.rank, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        base = epoch_seed(self.seed, self.epoch, self.rank)
+        return ((index, base + pos) for pos, index in enumerate(self.sampler))
+
+    def __len__(self):
+        return len(self.sampler)
+
+
 def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["num_workers"],
-                      pin_memory=env.device.type == "cuda", drop_last=drop_last, generator=torch.Generator())
+    # Persistent workers are forked once: forking anew every epoch from a process with live threads
+    # (gloo, queue feeders) can deadlock the child in CPython's after-fork clean-up.
+    # A generator of its own, so that starting workers does not draw from the global one (a resumed run
+    # starts them in another epoch than an uninterrupted one).
+    workers = cfg["num_workers"]
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=env.device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def build_loaders(cfg, env, labeled_list, unlabeled_list, seed):
@@ -52,11 +71,11 @@ def build_loaders(cfg, env, labeled_list, unlabeled_list, seed):
     if cfg["method"] != "sup":
         trainset_u = SemiDataset(cfg["dataset"], root, "train_u", crop, unlabeled_list, num_classes=cfg["nclass"])
         nsample = len(trainset_u)
-        loaders["u"] = _loader(trainset_u, cfg["batch_size"], DistributedSampler(
-            trainset_u, env.world_size, env.rank, shuffle=True, seed=seed), cfg, env, drop_last=True)
+        loaders["u"] = _loader(trainset_u, cfg["batch_size"], SeededSampler(trainset_u, env, seed), cfg, env,
+                               drop_last=True)
     trainset_l = SemiDataset(cfg["dataset"], root, "train_l", crop, labeled_list, nsample, num_classes=cfg["nclass"])
-    loaders["l"] = _loader(trainset_l, cfg["batch_size"], DistributedSampler(
-        trainset_l, env.world_size, env.rank, shuffle=True, seed=seed), cfg, env, drop_last=True)
+    loaders["l"] = _loader(trainset_l, cfg["batch_size"], SeededSampler(trainset_l, env, seed), cfg, env,
+                           drop_last=True)
     loaders["val"] = build_val_loader(cfg, env)
     return loaders
 

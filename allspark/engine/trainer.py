@@ -114,8 +114,7 @@ def train_one_epoch(run, epoch):
     loaders = [run.loaders["l"]] + ([run.loaders["u"]] if "u" in run.loaders else [])
     for loader in loaders:
         loader.sampler.set_epoch(epoch)
-        loader.generator.manual_seed(epoch_seed(run.seed, epoch, run.env.rank))
-    seed_all(epoch_seed(run.seed, epoch, run.env.rank))
+    seed_all(epoch_seed(run.seed, epoch, run.env.rank))  # dropout and drop-path in this process
     batches = zip(*loaders) if len(loaders) == 2 else loaders[0]
     meters = {k: AverageMeter() for k in ("loss", "loss_x", "loss_u")}
     n = run.iters_per_epoch
