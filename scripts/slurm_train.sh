@@ -11,23 +11,8 @@
 #   bash scripts/slurm_train.sh NGPUS PORT ...                             (inside an salloc allocation)
 # Same arguments as scripts/train.sh; the log goes to exp/<dataset>/<method>/<split>/<time>.log.
 set -eu
-if [ $# -lt 2 ]; then
-  echo "usage: sbatch scripts/slurm_train.sh NGPUS PORT [dataset=pascal] [method=allspark] [split=1464]" >&2
-  exit 2
-fi
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-now=$(date +"%Y%m%d_%H%M%S")
-ngpus=$1
-port=$2
-dataset=${3:-pascal}
-method=${4:-allspark}
-split=${5:-1464}
-
-config=configs/${dataset}_${method}.yaml
-labeled_id_path=splits/$dataset/$split/labeled.txt
-unlabeled_id_path=splits/$dataset/$split/unlabeled.txt
-save_path=exp/$dataset/$method/$split
-mkdir -p "$save_path"
+. scripts/common.sh
 
 srun --ntasks="$ngpus" --ntasks-per-node="$ngpus" --gres=gpu:"$ngpus" --kill-on-bad-exit=1 \
     python -u train.py --config="$config" --labeled-id-path "$labeled_id_path" \
