@@ -179,6 +179,8 @@ def _prepare_model(cfg, env):
             if isinstance(m, ChannelAttention):
                 m.gather_memory = True
     model.to(env.device)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the release: fixed crop sizes
     if env.world_size > 1 and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         logger.info("SyncBatchNorm: on (CUDA)")
