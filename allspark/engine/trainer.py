@@ -30,7 +30,7 @@ from .loaders import build_loaders, epoch_seed, seed_all
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
 
-__all__ = ["main", "build_optimizer", "poly_lr"]
+__all__ = ["main", "build_optimizer", "poly_lr", "compute_losses"]
 
 logger = logging.getLogger("allspark")
 
@@ -83,7 +83,7 @@ def _to(device, *tensors):
     return [t.to(device, non_blocking=True) for t in tensors]
 
 
-def _step_losses(run, batch, epoch):
+def compute_losses(run, batch, epoch):
     """Forward of one iteration -> (loss, loss_x, loss_u)."""
     cfg, net, device = run.cfg, run.net, run.env.device
     if cfg["method"] == "sup":
@@ -123,7 +123,7 @@ def train_one_epoch(run, epoch):
     run.net.train()
     start = time.time()
     for i, batch in enumerate(batches):
-        loss, loss_x, loss_u = _step_losses(run, batch, epoch)
+        loss, loss_x, loss_u = compute_losses(run, batch, epoch)
         iters = epoch * n + i
         value = loss.item()
         if not math.isfinite(value):

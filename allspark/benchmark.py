@@ -1,0 +1,175 @@
+"""Time the training step and the eval forward of a config's model on synthetic tensors.
+
+    python -m allspark.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
+        --batch-size 2 --steps 5 --warmup 2 --device cpu --out bench.json
+
+The training step is the trainer's own (``allspark.engine.trainer.compute_losses``): for AllSpark an
+eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss, backward and an SGD
+step; the baselines' configs time their own steps. Prints median / min / max seconds per step, images
+per second and peak memory (CUDA max_memory_allocated, or the process's peak RSS on the CPU).
+"""
+import argparse
+import contextlib
+import copy
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+from .config import load_config
+from .engine.losses import build_criterion
+from .engine.trainer import compute_losses, build_optimizer
+from .models import MIT_PRESETS, build_model
+
+__all__ = ["run_benchmark", "main"]
+
+
+def _model_cfg(cfg, args):
+    model_cfg = copy.deepcopy(cfg["model"])
+    backbone, decoder = model_cfg["backbone"], model_cfg["decoder"]
+    backbone.setdefault("kwargs", {})["pretrained"] = False  # random weights time the same
+    if args.backbone:
+        backbone["type"] = args.backbone
+        decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
+    if args.num_class:
+        decoder["kwargs"]["num_class"] = args.num_class
+    if decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
+        decoder["kwargs"]["image_size"] = args.crop  # S-Mem is sized for the training crop
+    return model_cfg
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _timed(fn, steps, warmup, device):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times, images):
+    median = statistics.median(times)
+    return {"median_s": median, "min_s": min(times), "max_s": max(times), "images_per_s": images / median,
+            "steps_s": times}
+
+
+def run_benchmark(args):
+    """Build the model, time ``args.steps`` training steps and eval forwards; return the results dict."""
+    cfg = load_config(args.config)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    args.crop = args.crop or cfg["crop_size"]
+    batch = args.batch_size or cfg["batch_size"]
+    model_cfg = _model_cfg(cfg, args)
+    num_class = model_cfg["decoder"]["kwargs"]["num_class"]
+    model = build_model(model_cfg).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    net = torch.compile(model) if args.compile else model
+    run = SimpleNamespace(cfg={**cfg, "ignore_unlabeled_padding": False}, net=net, env=SimpleNamespace(device=device),
+                          criterion_l=build_criterion(cfg["criterion"]).to(device),
+                          criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(device),
+                          warmup_epoch=getattr(model.decoder, "warmup_epoch", 0))
+    epoch = run.warmup_epoch if args.memory == "on" else -1  # use_memory is epoch >= warmup_epoch
+    optimizer = build_optimizer(model, cfg)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    shape = (batch, 3, args.crop, args.crop)
+    img_x, img_u = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    mask_x = torch.randint(0, num_class, (batch, args.crop, args.crop), device=device)
+    ignore_u = torch.zeros_like(mask_x)
+    step_batch = (img_x, mask_x) if cfg["method"] == "sup" else ((img_x, mask_x), (img_u, ignore_u))
+
+    def train_step():
+        with autocast():
+            loss, _, _ = compute_losses(run, step_batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def eval_forward():
+        net.eval()
+        with autocast():
+            net(img_x)
+
+    images_per_step = batch * (1 if cfg["method"] == "sup" else 2)
+    train_times = _timed(train_step, args.steps, args.warmup, device)
+    train_peak = _peak_memory_mb(device)
+    eval_times = _timed(eval_forward, args.steps, args.warmup, device)
+    return {
+        "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
+        "num_class": num_class, "crop": args.crop, "batch_size": batch, "memory": args.memory, "amp": args.amp,
+        "compile": args.compile, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
+        "eval_forward": _summary(eval_times, batch), "peak_memory_kind":
+            "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+    }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Time the training step and eval forward of a config's model")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")
+    parser.add_argument("--crop", type=int, default=None, help="square input size; the config's crop_size by default")
+    parser.add_argument("--memory", default="on", choices=["on", "off"], help="S-Mem replaces keys and values")
+    parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS), help="override the encoder")
+    parser.add_argument("--num-class", type=int, default=None, help="override the class count")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    res = run_benchmark(args)
+    t, e = res["train_step"], res["eval_forward"]
+    print(f"{res['method']} {res['backbone']} K={res['num_class']} crop {res['crop']} batch {res['batch_size']}"
+          f"{' + ' + str(res['batch_size']) if res['method'] != 'sup' else ''} memory {res['memory']} amp {res['amp']}"
+          f"{' compiled' if res['compile'] else ''} on {res['device']} ({res['threads']} threads)")
+    print(f"train step : median {t['median_s']:.4f} s (min {t['min_s']:.4f}, max {t['max_s']:.4f}), "
+          f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")
+    print(f"eval fwd   : median {e['median_s']:.4f} s (min {e['min_s']:.4f}, max {e['max_s']:.4f}), "
+          f"{e['images_per_s']:.1f} img/s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
