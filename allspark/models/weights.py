@@ -4,11 +4,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import PROJECT_ROOT
+
 __all__ = ["WeightsError", "load_pretrained_backbone", "load_checkpoint", "PRETRAINED_DIR"]
 
 logger = logging.getLogger("allspark")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = "pretrained_weights"
 _WHERE_FROM = ("SegFormer's ImageNet-1k MiT weights (mit_b0.pth .. mit_b5.pth, linked from the SegFormer "
                "repository's README, NVlabs/SegFormer); see pretrained_weights/README.md")
