@@ -167,3 +167,17 @@ def test_method_flag_overrides_and_is_required(tmp_path):
     with pytest.raises(ConfigError, match="no method"):
         load_config(write_config(tmp_path, method=...))
     assert load_config(write_config(tmp_path, method=...), method="allspark")["method"] == "allspark"
+
+
+def test_seeded_samplers_draw_independent_streams():
+    """The labeled and the unlabeled sample at one position must not share their augmentation seed."""
+    from allspark.engine.dist import DistEnv
+    from allspark.engine.loaders import SeededSampler, epoch_seed
+
+    data = list(range(8))
+    lab, unl = SeededSampler(data, DistEnv(), 0, "labeled"), SeededSampler(data, DistEnv(), 0, "unlabeled")
+    seeds_l, seeds_u = [s for _, s in lab], [s for _, s in unl]
+    assert not set(seeds_l) & set(seeds_u)
+    assert epoch_seed(0, 0, 0) not in seeds_l + seeds_u, "the model's dropout stream differs too"
+    lab.set_epoch(1)
+    assert [s for _, s in lab] != seeds_l and sorted(i for i, _ in lab) == data

@@ -24,9 +24,14 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def epoch_seed(seed, epoch, rank):
-    """A seed of its own for each (run seed, epoch, rank): a resumed epoch draws what it would have drawn."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+# Independent random streams of one process: the model's dropout and the two training loaders (the
+# labeled and the unlabeled sample at one position must not share their augmentation draws).
+STREAMS = {"model": 0, "labeled": 1, "unlabeled": 2}
+
+
+def epoch_seed(seed, epoch, rank, stream="model"):
+    """A seed of its own for each (run seed, epoch, rank, stream): a resumed epoch draws what it would have drawn."""
+    return int(np.random.SeedSequence([seed, epoch, rank, STREAMS[stream]]).generate_state(1)[0])
 
 
 class SeededSampler(Sampler):
@@ -34,16 +39,16 @@ class SeededSampler(Sampler):
     of (run seed, epoch, rank, position), so an epoch draws the same whichever worker loads what, with
     persistent workers, and after a resume."""
 
-    def __init__(self, dataset, env, seed):
+    def __init__(self, dataset, env, seed, stream):
         self.sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed)
-        self.seed, self.rank, self.epoch = seed, env.rank, 0
+        self.seed, self.rank, self.stream, self.epoch = seed, env.rank, stream, 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        base = epoch_seed(self.seed, self.epoch, self.rank)
+        base = epoch_seed(self.seed, self.epoch, self.rank, self.stream)
         return ((index, base + pos) for pos, index in enumerate(self.sampler))
 
     def __len__(self):
@@ -71,11 +76,11 @@ def build_loaders(cfg, env, labeled_list, unlabeled_list, seed):
     if cfg["method"] != "sup":
         trainset_u = SemiDataset(cfg["dataset"], root, "train_u", crop, unlabeled_list, num_classes=cfg["nclass"])
         nsample = len(trainset_u)
-        loaders["u"] = _loader(trainset_u, cfg["batch_size"], SeededSampler(trainset_u, env, seed), cfg, env,
-                               drop_last=True)
+        sampler_u = SeededSampler(trainset_u, env, seed, "unlabeled")
+        loaders["u"] = _loader(trainset_u, cfg["batch_size"], sampler_u, cfg, env, drop_last=True)
     trainset_l = SemiDataset(cfg["dataset"], root, "train_l", crop, labeled_list, nsample, num_classes=cfg["nclass"])
-    loaders["l"] = _loader(trainset_l, cfg["batch_size"], SeededSampler(trainset_l, env, seed), cfg, env,
-                           drop_last=True)
+    sampler_l = SeededSampler(trainset_l, env, seed, "labeled")
+    loaders["l"] = _loader(trainset_l, cfg["batch_size"], sampler_l, cfg, env, drop_last=True)
     loaders["val"] = build_val_loader(cfg, env)
     return loaders
 
