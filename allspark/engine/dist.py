@@ -27,10 +27,6 @@ class DistEnv:
     backend: str = "gloo"
 
     @property
-    def distributed(self):
-        return dist.is_available() and dist.is_initialized()
-
-    @property
     def is_main(self):
         return self.rank == 0
 
