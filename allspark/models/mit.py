@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
 __all__ = ["MixVisionTransformer", "MIT_PRESETS", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
@@ -78,10 +79,11 @@ class EfficientSelfAttention(nn.Module):
             x_ = self.sr(x_).reshape(B, C, -1).permute(0, 2, 1)
             x = self.norm(x_)
         kv = self.kv(x).reshape(B, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv[0], kv[1]
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        k, v = kv.unbind(0)
+        # softmax(q k^T * scale) v with dropout on the weights, as SegFormer's explicit attention, fused.
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                           scale=self.scale)
+        x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -172,7 +174,7 @@ class MixVisionTransformer(nn.Module):
             for blk in getattr(self, f"block{i}"):
                 x = blk(x, H, W)
             x = getattr(self, f"norm{i}")(x)
-            x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+            x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)
             outs.append(x)
         return outs
 
