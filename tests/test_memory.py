@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from allspark.models import SemanticMemory, channel_semantic_grouping
+from allspark.models.allspark import fifo_writes
 
 
 def test_enqueue_wraps_and_later_writes_win():
@@ -34,19 +35,68 @@ def test_enqueue_single_wrap_keeps_order():
     assert mem.queue_ptr.tolist() == [2]
 
 
+def release_enqueue(kv_queue, queue_ptr, channels, classes):
+    """The release's S-Mem update, a loop per image and class, as the reference."""
+    slots = kv_queue.shape[1]
+    for b in range(channels.shape[0]):
+        for cls in torch.unique(classes[b]).tolist():
+            feats = channels[b, classes[b] == cls]
+            n = feats.shape[0]
+            ptr = int(queue_ptr[cls])
+            for j in range(n):  # one slot at a time: wraps as often as it needs
+                kv_queue[cls, (ptr + j) % slots] = feats[j]
+            queue_ptr[cls] = (ptr + n) % slots
+
+
+@pytest.mark.parametrize("B,C,K,slots,seed", [(2, 16, 5, 16, 0), (4, 32, 3, 8, 1), (3, 12, 2, 5, 2), (1, 7, 7, 7, 3),
+                                               (8, 16, 1, 3, 4)])
+def test_enqueue_matches_the_release_loop(B, C, K, slots, seed):
+    # slots below B * C / K make classes wrap once or many times within one step (8 x 16 writes, 3 slots)
+    g = torch.Generator().manual_seed(seed)
+    mem = SemanticMemory(num_class=K, slots=slots, patch_num=3)
+    mem.queue_ptr.copy_(torch.randint(0, slots, (K,), generator=g))
+    ref_queue, ref_ptr = mem.kv_queue.clone(), mem.queue_ptr.clone()
+    for _ in range(3):
+        channels = torch.randn(B, C, 3, generator=g)
+        classes = torch.randint(0, K, (B, C), generator=g)
+        classes[0, 0] = K - 1  # the last class is always present
+        mem.enqueue(channels, classes)
+        release_enqueue(ref_queue, ref_ptr, channels, classes)
+        assert torch.equal(mem.queue_ptr, ref_ptr)
+        assert torch.equal(mem.kv_queue, ref_queue)
+
+
+def test_fifo_writes_every_duplicate_target_carries_the_last_write():
+    # On the CPU index_copy_ applies duplicates in order, which would hide a wrong source; a GPU
+    # applies them in any order. So the sources are checked directly: every write to a row must
+    # carry the last write to that row, and rows follow ptr + j mod slots.
+    g = torch.Generator().manual_seed(0)
+    K, slots = 4, 5
+    classes = torch.randint(0, K, (60,), generator=g)  # about 15 writes per class: wraps up to 3 times
+    ptr = torch.randint(0, slots, (K,), generator=g)
+    target, source, count = fifo_writes(classes, ptr, slots)
+    assert count.tolist() == [int((classes == k).sum()) for k in range(K)]
+    seen = {}
+    for k in range(K):
+        for j, w in enumerate((classes == k).nonzero().flatten().tolist()):
+            assert target[w] == k * slots + (ptr[k] + j) % slots
+            seen[int(target[w])] = w  # later writes overwrite
+    for w in range(classes.numel()):
+        assert source[w] == seen[int(target[w])]
+
+
 def test_enqueue_rejects_wrong_token_count():
     mem = SemanticMemory(num_class=2, slots=4, patch_num=9)
     with pytest.raises(ValueError, match="9 tokens per channel.*16 tokens"):
         mem.enqueue(torch.zeros(1, 4, 16), torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_memory_tokens_is_a_transposed_copy():
+def test_memory_tokens_is_a_transposed_view():
     mem = SemanticMemory(num_class=2, slots=3, patch_num=4)
     tokens = mem.memory_tokens()
     assert tokens.shape == (2, 4, 3)
     assert torch.equal(tokens, mem.kv_queue.transpose(1, 2))
-    tokens.zero_()
-    assert mem.kv_queue.abs().sum() > 0
+    assert tokens.data_ptr() == mem.kv_queue.data_ptr()  # no copy
 
 
 def test_channel_semantic_grouping_picks_most_similar_class():

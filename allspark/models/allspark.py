@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .segformer_head import SegFormerHead
 
-__all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping"]
+__all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes"]
 
 
 def _normalize_and_softmax(scores):
@@ -46,6 +46,29 @@ def channel_semantic_grouping(pseudo_logits, emb_u, size):
     return similarity.argmax(dim=1)
 
 
+def fifo_writes(classes, queue_ptr, slots):
+    """Where the writes of one S-Mem update go, in the release's order.
+
+    classes: (W,) class of each write in write order (flattened (image, channel)); queue_ptr: (K,) next
+    slot per class. Classes own disjoint rows, so only the order within a class matters: write j of
+    class k goes to row k * slots + (ptr[k] + j) mod slots. When a class gets more writes than slots,
+    several writes share a row and the last one must win; so every write carries the source index
+    of the last write to its row, and the duplicated targets of one ``index_copy_`` all receive the
+    same value whatever order the device applies them in.
+    Returns target (W,) flat rows, source (W,) write indices, count (K,) writes per class.
+    """
+    K = queue_ptr.shape[0]
+    count = torch.bincount(classes, minlength=K)
+    order = torch.sort(classes, stable=True).indices  # writes grouped by class, each group in write order
+    start = count.cumsum(0) - count  # first position of each class in `order`
+    rank = torch.empty_like(classes)
+    rank[order] = torch.arange(classes.numel(), device=classes.device) - start[classes[order]]  # j of each write
+    n = count[classes]
+    last = rank + slots * torch.div(n - 1 - rank, slots, rounding_mode="floor")  # the last j with this row
+    target = classes * slots + (queue_ptr[classes] + rank) % slots
+    return target, order[start[classes] + last], count
+
+
 class SemanticMemory(nn.Module):
     """Class-wise FIFO memory (S-Mem) of unlabeled channel maps.
 
@@ -65,29 +88,25 @@ class SemanticMemory(nn.Module):
     def enqueue(self, channels, classes):
         """Write each image's channel maps into the slots of their classes.
 
-        channels: (B, C, N) maps; classes: (B, C) class of each channel. Images in batch order,
-        classes in ascending order, channels in ascending order; a block that runs past the last
-        slot wraps to slot 0, later writes overwrite earlier ones; ptr <- (ptr + n) mod slots.
+        channels: (B, C, N) maps; classes: (B, C) class of each channel. The release's order: images
+        in batch order, classes in ascending order, channels in ascending order; a block that runs past
+        the last slot wraps to slot 0, later writes overwrite earlier ones; ptr <- (ptr + n) mod slots.
+        One ``index_copy_``, no per-class loop, no host synchronisation (see :func:`fifo_writes`).
         """
         if channels.shape[-1] != self.patch_num:
             raise ValueError(
                 f"S-Mem stores {self.patch_num} tokens per channel (image_size // 32 + 1) ** 2, but this training "
                 f"stage-4 map has {channels.shape[-1]} tokens: train with crops of the decoder's image_size")
-        slots = self.kv_queue.shape[1]
-        for b in range(channels.shape[0]):
-            for cls in torch.unique(classes[b]).tolist():
-                feats = channels[b, classes[b] == cls]  # (n, N), ascending channel order
-                n = feats.shape[0]
-                ptr = int(self.queue_ptr[cls])
-                first = min(n, slots - ptr)
-                self.kv_queue[cls, ptr:ptr + first] = feats[:first]
-                if first < n:
-                    self.kv_queue[cls, :n - first] = feats[first:]
-                self.queue_ptr[cls] = (ptr + n) % slots
+        K, slots, N = self.kv_queue.shape
+        target, source, count = fifo_writes(classes.reshape(-1), self.queue_ptr, slots)
+        maps = channels.reshape(-1, N)[source].to(self.kv_queue.dtype)
+        self.kv_queue.view(K * slots, N).index_copy_(0, target, maps)
+        self.queue_ptr.copy_((self.queue_ptr + count) % slots)
 
     def memory_tokens(self):
-        """The memory read as key/value sources: a (K, N, C) copy, outside autograd."""
-        return self.kv_queue.transpose(1, 2).clone()
+        """The memory read as key/value sources: a (K, N, C) view of ``kv_queue``, outside autograd.
+        No copy: the next update comes after this step's backward."""
+        return self.kv_queue.transpose(1, 2)
 
 
 class ChannelAttention(SemanticMemory):
