@@ -157,6 +157,10 @@ def write_config(tmp_path, **changes):
     (dict(method="semi"), r"method 'semi' trains the 'segformer' decoder, but model.decoder.type is 'allspark'"),
     (dict(crop_size=129), r"image_size \(97\) must equal crop_size \(129\)"),
     (dict(memory_sync="all"), r"memory_sync must be one of \['broadcast', 'gather'\]"),
+    (dict(amp="fp8"), r"amp must be one of \['none', 'bf16', 'fp16'\], got 'fp8'"),
+    (dict(compile="yes"), r"compile must be bool, got 'yes'"),
+    (dict(prefetch_factor=0), r"prefetch_factor must be positive, got 0"),
+    (dict(pin_memory=1), r"pin_memory must be bool, got 1"),
 ])
 def test_config_errors(tmp_path, changes, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -181,3 +185,24 @@ def test_seeded_samplers_draw_independent_streams():
     assert epoch_seed(0, 0, 0) not in seeds_l + seeds_u, "the model's dropout stream differs too"
     lab.set_epoch(1)
     assert [s for _, s in lab] != seeds_l and sorted(i for i, _ in lab) == data
+
+
+def test_loader_settings_come_from_the_config(tmp_path):
+    from allspark.data.toy import make_toy_dataset
+    from allspark.engine.dist import DistEnv
+    from allspark.engine.loaders import build_loaders
+
+    lists = make_toy_dataset(tmp_path / "toy", seed=0, num_train=8, num_val=2, num_labeled=2, min_size=64,
+                             max_size=72)
+    base = dict(data_root=str(tmp_path / "toy"), val_id_path=str(lists["val"]))
+    cfg = load_config(write_config(tmp_path, num_workers=..., **base))  # the defaults
+    assert (cfg["num_workers"], cfg["pin_memory"], cfg["persistent_workers"], cfg["prefetch_factor"]) == (2, True, True, 2)
+    cfg.update(persistent_workers=False, prefetch_factor=5)
+    loaders = build_loaders(cfg, DistEnv(), lists["labeled"], lists["unlabeled"], seed=0)
+    for key in ("l", "u", "val"):
+        loader = loaders[key]
+        assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (2, False, 5), key
+        assert loader.pin_memory is False, "nothing to pin for on the CPU"
+    cfg.update(num_workers=0)
+    loader = build_loaders(cfg, DistEnv(), lists["labeled"], lists["unlabeled"], seed=0)["l"]
+    assert loader.num_workers == 0 and loader.prefetch_factor is None

@@ -56,14 +56,16 @@ class SeededSampler(Sampler):
 
 
 def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
-    # Persistent workers are forked once: forking anew every epoch from a process with live threads
-    # (gloo, queue feeders) can deadlock the child in CPython's after-fork clean-up.
-    # A generator of its own, so that starting workers does not draw from the global one (a resumed run
-    # starts them in another epoch than an uninterrupted one).
+    """A DataLoader with the config's worker settings. Persistent workers (the default) are forked
+    once: forking anew every epoch from a process with live threads (gloo, queue feeders) can deadlock
+    the child in CPython's after-fork clean-up. Pinned memory only where there is a GPU to copy to.
+    A generator of its own, so that starting workers does not draw from the global one (a resumed run
+    starts them in another epoch than an uninterrupted one)."""
     workers = cfg["num_workers"]
+    extra = dict(persistent_workers=cfg["persistent_workers"], prefetch_factor=cfg["prefetch_factor"]) if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=env.device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(0))
+                      pin_memory=cfg["pin_memory"] and env.device.type == "cuda", drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(0), **extra)
 
 
 def build_loaders(cfg, env, labeled_list, unlabeled_list, seed):
