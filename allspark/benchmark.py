@@ -3,13 +3,13 @@
     python -m allspark.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
         --batch-size 2 --steps 5 --warmup 2 --device cpu --out bench.json
 
-The training step is the trainer's own (``allspark.engine.trainer.compute_losses``): for AllSpark an
+The training step is the trainer's own (``allspark.engine.trainer.train_step``): for AllSpark an
 eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss, backward and an SGD
-step; the baselines' configs time their own steps. Prints median / min / max seconds per step, images
+step, under the config's ``amp`` and ``compile`` unless ``--amp`` / ``--[no-]compile`` say otherwise;
+the baselines' configs time their own steps. The eval forward runs under the same autocast. Prints median / min / max seconds per step, images
 per second and peak memory (CUDA max_memory_allocated, or the process's peak RSS on the CPU).
 """
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from .config import load_config
 from .engine.losses import build_criterion
-from .engine.trainer import compute_losses, build_optimizer
+from .engine.speed import autocast, compile_model, grad_scaler
+from .engine.trainer import build_optimizer, train_step
 from .models import MIT_PRESETS, build_model
 
 __all__ = ["run_benchmark", "main"]
@@ -77,6 +78,9 @@ def _summary(times, images):
 def run_benchmark(args):
     """Build the model, time ``args.steps`` training steps and eval forwards; return the results dict."""
     cfg = load_config(args.config)
+    args.amp = args.amp or cfg["amp"]
+    args.compile = cfg["compile"] if args.compile is None else args.compile
+    cfg = {**cfg, "amp": args.amp, "ignore_unlabeled_padding": False}
     device = torch.device(args.device)
     torch.manual_seed(0)
     args.crop = args.crop or cfg["crop_size"]
@@ -86,20 +90,12 @@ def run_benchmark(args):
     model = build_model(model_cfg).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    net = torch.compile(model) if args.compile else model
-    run = SimpleNamespace(cfg={**cfg, "ignore_unlabeled_padding": False}, net=net, env=SimpleNamespace(device=device),
+    net = compile_model(model) if args.compile else model
+    epoch = 0 if args.memory == "on" else -1  # use_memory is epoch >= warmup_epoch
+    run = SimpleNamespace(cfg=cfg, net=net, env=SimpleNamespace(device=device),
                           criterion_l=build_criterion(cfg["criterion"]).to(device),
-                          criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(device),
-                          warmup_epoch=getattr(model.decoder, "warmup_epoch", 0))
-    epoch = run.warmup_epoch if args.memory == "on" else -1  # use_memory is epoch >= warmup_epoch
-    optimizer = build_optimizer(model, cfg)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
+                          criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(device), warmup_epoch=0,
+                          optimizer=build_optimizer(model, cfg), scaler=grad_scaler(device, args.amp))
 
     shape = (batch, 3, args.crop, args.crop)
     img_x, img_u = torch.randn(shape, device=device), torch.randn(shape, device=device)
@@ -107,22 +103,14 @@ def run_benchmark(args):
     ignore_u = torch.zeros_like(mask_x)
     step_batch = (img_x, mask_x) if cfg["method"] == "sup" else ((img_x, mask_x), (img_u, ignore_u))
 
-    def train_step():
-        with autocast():
-            loss, _, _ = compute_losses(run, step_batch, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
     @torch.no_grad()
     def eval_forward():
         net.eval()
-        with autocast():
+        with autocast(device, args.amp):
             net(img_x)
 
     images_per_step = batch * (1 if cfg["method"] == "sup" else 2)
-    train_times = _timed(train_step, args.steps, args.warmup, device)
+    train_times = _timed(lambda: train_step(run, step_batch, epoch), args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
@@ -143,8 +131,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"], help="the config's amp by default")
+    parser.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
+                        help="torch.compile the model (the config's compile by default)")
     parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")
     parser.add_argument("--crop", type=int, default=None, help="square input size; the config's crop_size by default")
     parser.add_argument("--memory", default="on", choices=["on", "off"], help="S-Mem replaces keys and values")

@@ -83,6 +83,7 @@ def test_torchrun_two_processes(tmp_path, toy, method):
     assert out.returncode == 0, log[-3000:]
     assert "launcher torchrun, world size 2, device cpu, backend gloo" in log
     assert "SyncBatchNorm: off on CPU" in log
+    assert "Grad strides do not match" not in log and "FutureWarning" not in log
     assert len(mious(log)) == 2 and log.count("===========> Epoch:") == 2
     assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
                      r"[0-9.]+ img/s, ETA", log)
@@ -130,6 +131,22 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, toy):
     assert a["optimizer"]["param_groups"][1]["lr"] == b["optimizer"]["param_groups"][1]["lr"]
     for idx, state in a["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][idx]["momentum_buffer"])
+
+
+def test_fp16_run_keeps_its_loss_scale_across_a_resume(tmp_path, toy):
+    cfg = write_config(tmp_path / "c.yaml", toy, amp="fp16", epochs=1)
+    save = tmp_path / "run"
+    out = run(train_args(cfg, toy, save))
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "mixed precision: fp16 autocast in the training step with loss scaling; evaluation in fp32" in out.stdout
+    ckpt = torch.load(save / "latest.pth", weights_only=True)
+    assert ckpt["scaler"]["scale"] == 65536.0  # GradScaler's initial scale, no overflow in one tiny epoch
+    ckpt["scaler"]["scale"] = 1024.0  # as if it had backed off
+    torch.save(ckpt, save / "latest.pth")
+    out = run(train_args(write_config(tmp_path / "c.yaml", toy, amp="fp16", epochs=2), toy, save))
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "epoch 0 done" in out.stdout and ", loss scale 1024" in out.stdout
+    assert torch.load(save / "latest.pth", weights_only=True)["scaler"]["scale"] <= 1024.0
 
 
 @pytest.fixture(scope="module")

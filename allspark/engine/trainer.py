@@ -12,6 +12,7 @@ poly (power 0.9) set after every step over epochs x iterations per epoch.
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..config import ConfigError, load_config
 from ..data import CLASSES, PAD_UNLABELED, DataError
 from ..models import build_model
 from ..models.allspark import ChannelAttention
+from .speed import autocast, compile_model, grad_scaler
 from .checkpoint import release_state_dict, resume, save_checkpoint
 from .dist import broadcast_buffers, cleanup, setup_distributed
 from .evaluate import evaluate
@@ -30,7 +32,7 @@ from .loaders import build_loaders, epoch_seed, seed_all
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
 
-__all__ = ["main", "build_optimizer", "poly_lr", "compute_losses"]
+__all__ = ["main", "build_optimizer", "poly_lr", "compute_losses", "train_step"]
 
 logger = logging.getLogger("allspark")
 
@@ -68,6 +70,7 @@ class Run:
     save_path: Path
     seed: int
     tb: TensorBoard
+    scaler: torch.amp.GradScaler = None
     warmup_epoch: int = 0
     total_iters: int = 0
     previous_best: float = 0.0
@@ -109,6 +112,19 @@ def compute_losses(run, batch, epoch):
     return (loss_x + loss_u) / 2.0, loss_x, loss_u
 
 
+def train_step(run, batch, epoch):
+    """One optimisation step: the forward passes under the config's autocast, backward (through the
+    fp16 loss scaler when amp is fp16), SGD step. Returns (loss, loss_x, loss_u) as one detached
+    (3,) tensor on the device: the caller reads it with a single host synchronisation."""
+    with autocast(run.env.device, run.cfg["amp"]):
+        loss, loss_x, loss_u = compute_losses(run, batch, epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return torch.stack([loss, loss_x, loss_u]).detach()
+
+
 def train_one_epoch(run, epoch):
     cfg, optimizer = run.cfg, run.optimizer
     loaders = [run.loaders["l"]] + ([run.loaders["u"]] if "u" in run.loaders else [])
@@ -123,20 +139,16 @@ def train_one_epoch(run, epoch):
     run.net.train()
     start = time.time()
     for i, batch in enumerate(batches):
-        loss, loss_x, loss_u = compute_losses(run, batch, epoch)
         iters = epoch * n + i
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"non-finite loss ({value}) at epoch {epoch}, iteration {i} (global {iters}); "
+        values = train_step(run, batch, epoch).tolist()  # the step's one host synchronisation
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(f"non-finite loss ({values[0]}) at epoch {epoch}, iteration {i} (global {iters}); "
                                      f"stopping, {run.save_path / 'latest.pth'} is left as it was")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         lr = poly_lr(cfg["lr"], iters, run.total_iters)
         optimizer.param_groups[0]["lr"] = lr
         optimizer.param_groups[1]["lr"] = lr * cfg["lr_multi"]
 
-        for key, v in (("loss", value), ("loss_x", loss_x.item()), ("loss_u", loss_u.item())):
+        for key, v in zip(("loss", "loss_x", "loss_u"), values):
             meters[key].update(v)
             run.tb.scalar(f"train/{key}", v, iters)
         run.tb.scalar("train/lr", lr, iters)
@@ -167,6 +179,8 @@ def _save(run, epoch, miou):
     if run.env.is_main:
         ckpt = {"model": release_state_dict(run.model), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
                 "best_epoch": run.best_epoch, "previous_best": run.previous_best}
+        if run.scaler.is_enabled():
+            ckpt["scaler"] = run.scaler.state_dict()
         save_checkpoint(ckpt, run.save_path / "latest.pth")
         if is_best:
             save_checkpoint(ckpt, run.save_path / "best.pth")
@@ -189,8 +203,20 @@ def _prepare_model(cfg, env):
                     "process, rank 0's kept by DDP's buffer broadcast")
     net = model
     if env.world_size > 1:
-        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                      broadcast_buffers=True)
+        # DDP's default: rank 0's buffers (BatchNorm statistics, S-Mem) are broadcast at every forward.
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        # On the CPU the depth-wise convolutions' weight gradients come back with stride 1 instead of 9
+        # on their size-1 dimension: the same memory order as the bucket view, so DDP's copy costs
+        # nothing extra, but DDP's strict stride check warns. Only that exact case is silenced.
+        warnings.filterwarnings("ignore", message=r"(?s)Grad strides do not match bucket view strides.*"
+                                r"grad\.sizes\(\) = \[\d+, 1, 3, 3\], strides\(\) = \[9, 1, 3, 1\]\s*"
+                                r"bucket_view\.sizes\(\) = \[\d+, 1, 3, 3\], strides\(\) = \[9, 9, 3, 1\]")
+    if cfg["compile"]:
+        net = compile_model(net)
+        logger.info("torch.compile: on (the first steps of each mode compile)")
+    if cfg["amp"] != "none":
+        logger.info(f"mixed precision: {cfg['amp']} autocast in the training step"
+                    f"{' with loss scaling' if cfg['amp'] == 'fp16' else ''}; evaluation in fp32")
     return model, net
 
 
@@ -211,6 +237,7 @@ def build_run(args, env):
               criterion_l=build_criterion(cfg["criterion"]).to(env.device),
               criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(env.device), loaders=loaders,
               save_path=save_path, seed=args.seed, tb=TensorBoard(save_path, enabled=env.is_main),
+              scaler=grad_scaler(env.device, cfg["amp"]),
               warmup_epoch=getattr(model.decoder, "warmup_epoch", 0), names=class_names(cfg))
     if run.iters_per_epoch == 0:
         key = "u" if "u" in loaders else "l"
@@ -231,8 +258,11 @@ def main(args):
         if ckpt is not None:
             start_epoch = ckpt["epoch"] + 1
             run.previous_best, run.best_epoch = ckpt["previous_best"], ckpt.get("best_epoch", ckpt["epoch"])
+            if run.scaler.is_enabled() and "scaler" in ckpt:
+                run.scaler.load_state_dict(ckpt["scaler"])
             logger.info(f"resumed from {run.save_path / 'latest.pth'}: epoch {ckpt['epoch']} done, "
-                        f"lr {run.optimizer.param_groups[0]['lr']:.8f}, best {run.previous_best:.2f}")
+                        f"lr {run.optimizer.param_groups[0]['lr']:.8f}, best {run.previous_best:.2f}"
+                        + (f", loss scale {run.scaler.get_scale():g}" if run.scaler.is_enabled() else ""))
         for epoch in range(start_epoch, run.cfg["epochs"]):
             logger.info(f"===========> Epoch: {epoch}, LR: {run.optimizer.param_groups[0]['lr']:.5f}, "
                         f"Previous best: {run.previous_best:.2f} @epoch-{run.best_epoch}")

@@ -18,10 +18,18 @@ from .segformer_head import SegFormerHead
 __all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes"]
 
 
-def _normalize_and_softmax(scores):
-    """Instance norm over each score map (no affine, eps 1e-5, no sqrt(d) scale), softmax over keys.
-    scores (B, M, Q, K) -> (B, M, Q, K)."""
-    return F.instance_norm(scores, eps=1e-5).softmax(dim=-1)
+def _attention_weights(q, k):
+    """softmax over keys of the instance-normalised scores q @ k (no affine, eps 1e-5, no sqrt(d)
+    scale): q (B, M, Q, N), k (..., N, K) -> (B, M, Q, K).
+
+    Under autocast (config ``amp``) the scores, their normalisation and the softmax are computed in
+    fp32 and returned in fp32: the unscaled channel scores are sums over all tokens, and instance
+    norm reduces over maps of millions of them; the weights' product with the values is autocast's.
+    """
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            return _attention_weights(q.float(), k.float())
+    return F.instance_norm(q @ k, eps=1e-5).softmax(dim=-1)
 
 
 def _gather_from_all_ranks(tensor):
@@ -57,8 +65,8 @@ def fifo_writes(classes, queue_ptr, slots):
     same value whatever order the device applies them in.
     Returns target (W,) flat rows, source (W,) write indices, count (K,) writes per class.
     """
-    K = queue_ptr.shape[0]
-    count = torch.bincount(classes, minlength=K)
+    # a fixed-size count (bincount's size depends on the data, which torch.compile cannot trace)
+    count = torch.zeros_like(queue_ptr).scatter_add_(0, classes, torch.ones_like(classes))
     order = torch.sort(classes, stable=True).indices  # writes grouped by class, each group in write order
     start = count.cumsum(0) - count  # first position of each class in `order`
     rank = torch.empty_like(classes)
@@ -146,7 +154,7 @@ class ChannelAttention(SemanticMemory):
         q = heads(self.q_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
         k = heads(self.k_u(emb_u))  # (B, h, N, C)
         v = heads(self.v_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
-        attn = self.attn_dropout(_normalize_and_softmax(q @ k))  # (B, h, C, C)
+        attn = self.attn_dropout(_attention_weights(q, k))  # (B, h, C, C)
         out = attn @ v  # (B, h, C, N)
         # Channel-major flattening (feature index = c * h + head), as the release lays it out.
         out = out.permute(0, 3, 2, 1).reshape(B, N, C * h)
@@ -162,7 +170,7 @@ class ChannelAttention(SemanticMemory):
         # repeats them once per image).
         k = self.k_l2u(source).transpose(0, 1).reshape(N, -1)  # (N, S*h*C)
         v = self.v_l2u(source).transpose(0, 1).reshape(N, -1)
-        attn = self.attn_dropout(_normalize_and_softmax(q @ k))  # (B, 1, h*C, S*h*C)
+        attn = self.attn_dropout(_attention_weights(q, k))  # (B, 1, h*C, S*h*C)
         out = (attn @ v.T).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
         return self.proj_dropout(self.out_l2u(out))
 

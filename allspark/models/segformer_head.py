@@ -4,7 +4,6 @@ The release built ``linear_fuse`` with mmcv's ``ConvModule``; :class:`ConvBNReLU
 (1x1 conv without bias -> BatchNorm -> ReLU) with the same sub-module names (``conv``, ``bn``,
 ``activate``), so state dicts load unchanged without mmcv.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -37,7 +36,8 @@ class MLP(nn.Module):
 class SegFormerHead(nn.Module):
     """All-MLP head. ``forward([c1, c2, c3, c4])`` with c_i (B, in_channels[i], H_i, W_i) returns
     logits (B, num_class, H_1, W_1): every map projected to ``embedding_dim``, c2..c4 resized
-    bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused, dropout, 1x1 classifier."""
+    bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused, dropout, 1x1 classifier (the
+    release's function; ``forward`` computes the projections and the fusion in a cheaper order)."""
 
     def __init__(self, in_channels, embedding_dim, num_class, dropout=0.1):
         super().__init__()

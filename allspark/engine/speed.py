@@ -1,0 +1,34 @@
+"""The off-by-default speed options of the training step: mixed precision (config key ``amp``) and
+``torch.compile`` (config key ``compile``).
+
+``none`` (the release) trains in fp32. ``bf16`` / ``fp16`` run the step's forward passes under
+``torch.autocast``; AllSpark's channel-attention scores, their instance norm and softmax stay in fp32
+(see ``allspark.models.allspark``). ``fp16`` scales the loss (``torch.amp.GradScaler``) so that small
+gradients do not flush to zero; bf16 has fp32's range and needs no scaler. Evaluation runs in fp32.
+"""
+import contextlib
+
+import torch
+
+__all__ = ["AMP_DTYPES", "autocast", "grad_scaler", "compile_model"]
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, amp):
+    """The autocast context of ``amp`` on ``device`` (a no-op context for 'none')."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device, amp):
+    """A GradScaler that is active for fp16 only (a pass-through otherwise)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def compile_model(net):
+    """``torch.compile`` with static shapes: training crops are fixed, and the eval-mode pseudo-label
+    pass (B images) and the training forward (2B) then get a graph each instead of one dynamic graph."""
+    return torch.compile(net, dynamic=False)

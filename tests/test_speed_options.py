@@ -1,0 +1,85 @@
+"""The off-by-default speed options: mixed precision (config ``amp``) and ``compile``."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from allspark.config import check_config
+from allspark.engine.speed import compile_model, grad_scaler
+from allspark.engine.trainer import build_optimizer, train_step
+from allspark.models import build_model
+from allspark.models.allspark import _attention_weights
+
+from conftest import tiny_model_cfg, zero_dropout
+
+
+def make_run(amp="none", compile=False, model=None):
+    cfg = check_config({"method": "allspark", "dataset": "toy", "data_root": ".", "val_id_path": "v.txt", "nclass": 5,
+                        "crop_size": 65, "epochs": 1, "batch_size": 2, "lr": 0.01, "lr_multi": 10.0,
+                        "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}, "model": tiny_model_cfg(),
+                        "amp": amp, "compile": compile})
+    model = model or zero_dropout(build_model(cfg["model"]))
+    device = torch.device("cpu")
+    return SimpleNamespace(cfg=cfg, model=model, net=compile_model(model) if compile else model,
+                           env=SimpleNamespace(device=device), criterion_l=nn.CrossEntropyLoss(ignore_index=255),
+                           criterion_u=nn.CrossEntropyLoss(ignore_index=255), warmup_epoch=1,
+                           optimizer=build_optimizer(model, cfg), scaler=grad_scaler(device, amp))
+
+
+def toy_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img_x, img_u = torch.randn(2, 3, 65, 65, generator=g), torch.randn(2, 3, 65, 65, generator=g)
+    mask_x = torch.randint(0, 5, (2, 65, 65), generator=g)
+    return (img_x, mask_x), (img_u, torch.zeros_like(mask_x))
+
+
+def test_attention_weights_are_computed_in_fp32_under_autocast():
+    q = torch.randn(2, 1, 32, 25).bfloat16()
+    k = torch.randn(25, 64).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weights = _attention_weights(q, k)
+    assert weights.dtype == torch.float32
+    assert torch.allclose(weights, _attention_weights(q.float(), k.float()), rtol=0, atol=1e-7)
+
+
+def test_bf16_eval_forward_stays_close_to_fp32():
+    model = zero_dropout(build_model(tiny_model_cfg())).eval()
+    img = torch.randn(2, 3, 65, 65)
+    with torch.no_grad():
+        ref = model(img)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(img)
+    assert low.dtype == torch.bfloat16
+    err = (low.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.05, f"bf16 logits differ from fp32 by {err:.3g} of their range"
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_train_step_under_amp_learns(amp):
+    run = make_run(amp)
+    assert run.scaler.is_enabled() == (amp == "fp16")
+    before = copy.deepcopy(run.model.state_dict())
+    losses = [train_step(run, toy_batch(), epoch=1) for _ in range(3)]
+    assert all(torch.isfinite(v).all() for v in losses)
+    assert losses[-1][0] < losses[0][0], "the same batch three times: the loss goes down"
+    after = run.model.state_dict()
+    assert not torch.equal(before["decoder.allspark.attn.q_l2u.weight"], after["decoder.allspark.attn.q_l2u.weight"])
+    assert after["decoder.allspark.attn.queue_ptr"].sum() > 0
+    for key, value in after.items():
+        assert value.dtype == before[key].dtype, f"{key}: parameters and buffers stay in their dtype"
+
+
+def test_compiled_step_matches_the_eager_step():
+    # One step with the memory on (compiling takes a while on two cores): the pseudo-label pass, the
+    # training forward with the S-Mem update and read, backward and SGD, compiled against eager.
+    eager = make_run()
+    compiled = make_run(compile=True, model=copy.deepcopy(eager.model))
+    a = train_step(eager, toy_batch(), epoch=1)
+    b = train_step(compiled, toy_batch(), epoch=1)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a, b)
+    ref, got = eager.model.state_dict(), compiled.model.state_dict()
+    for key in ref:
+        assert torch.allclose(ref[key].float(), got[key].float(), rtol=1e-3, atol=1e-4), key
+    assert torch.equal(ref["decoder.allspark.attn.queue_ptr"], got["decoder.allspark.attn.queue_ptr"])
