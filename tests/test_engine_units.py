@@ -52,6 +52,40 @@ def test_ohem_threshold_and_min_kept_by_hand():
     assert torch.allclose(OhemCrossEntropy(255, 0.7, 4)(pred, target), F.cross_entropy(pred, kept, ignore_index=255))
 
 
+def release_ohem(pred, target, ignore_index, thresh, min_kept):
+    """The release's ProbOhemCrossEntropy2d with its host-side branches, as the reference."""
+    b, c, h, w = pred.shape
+    target = target.view(-1)
+    valid_mask = target.ne(ignore_index)
+    target = target * valid_mask.long()
+    num_valid = valid_mask.sum()
+    prob = F.softmax(pred, dim=1).transpose(0, 1).reshape(c, -1)
+    if min_kept > num_valid:
+        pass
+    elif num_valid > 0:
+        prob = prob.masked_fill_(~valid_mask, 1)
+        mask_prob = prob[target, torch.arange(len(target), dtype=torch.long)]
+        threshold = thresh
+        if min_kept > 0:
+            index = mask_prob.argsort()
+            threshold_index = index[min(len(index), min_kept) - 1]
+            if mask_prob[threshold_index] > thresh:
+                threshold = mask_prob[threshold_index]
+            valid_mask = valid_mask * mask_prob.le(threshold)
+    target = target.masked_fill_(~valid_mask, ignore_index).view(b, h, w)
+    return F.cross_entropy(pred, target, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("min_kept", [0, 1, 50, 300, 2000])
+def test_ohem_matches_the_release(min_kept):
+    g = torch.Generator().manual_seed(min_kept)
+    pred = torch.randn(2, 4, 16, 16, generator=g) * 3
+    target = torch.randint(0, 4, (2, 16, 16), generator=g)
+    target[:, :4] = 255  # 448 valid pixels: min_kept 2000 keeps them all
+    ours = OhemCrossEntropy(255, 0.7, min_kept)(pred, target)
+    assert torch.allclose(ours, release_ohem(pred, target.clone(), 255, 0.7, min_kept), rtol=1e-6, atol=1e-7)
+
+
 def test_build_criterion_errors():
     assert isinstance(build_criterion({"name": "OHEM", "kwargs": {"thresh": 0.7, "min_kept": 10}}), OhemCrossEntropy)
     with pytest.raises(ConfigError, match=r"unknown loss 'Focal'"):

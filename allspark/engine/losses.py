@@ -11,7 +11,8 @@ __all__ = ["OhemCrossEntropy", "build_criterion"]
 class OhemCrossEntropy(nn.Module):
     """The release's ``ProbOhemCrossEntropy2d``: cross-entropy over the pixels whose probability of
     the true class is at most ``thresh``, raised to the ``min_kept``-th smallest probability when
-    fewer pixels than that would remain; all valid pixels when fewer than ``min_kept`` are valid.
+    fewer pixels than that would remain; all valid pixels when fewer than ``min_kept`` are valid, or
+    when ``min_kept`` is 0 (the release mines only with a positive min_kept).
 
     forward(pred (B, K, H, W) logits, target (B, H, W) int64) -> scalar mean over the kept pixels."""
 
@@ -24,21 +25,17 @@ class OhemCrossEntropy(nn.Module):
     def forward(self, pred, target):
         b, c, h, w = pred.shape
         target = target.reshape(-1)
-        valid = target != self.ignore_index
-        num_valid = int(valid.sum())
-        if 0 < num_valid and self.min_kept <= num_valid:
-            with torch.no_grad():
+        keep = target != self.ignore_index
+        if self.min_kept > 0:  # the release mines only with min_kept > 0
+            with torch.no_grad():  # its branches as tensor selections: no host synchronisation
                 prob = F.softmax(pred, dim=1).transpose(0, 1).reshape(c, -1)
-                safe_target = target * valid
-                mask_prob = prob.gather(0, safe_target.unsqueeze(0)).squeeze(0).masked_fill(~valid, 1.0)
-                threshold = self.thresh
-                if self.min_kept > 0:
-                    # the min_kept-th smallest probability (the release sorts all of them)
-                    kth = mask_prob.kthvalue(min(mask_prob.numel(), self.min_kept)).values
-                    if kth > self.thresh:
-                        threshold = kth
-                valid = valid & (mask_prob <= threshold)
-        target = target.masked_fill(~valid, self.ignore_index).view(b, h, w)
+                mask_prob = prob.gather(0, (target * keep).unsqueeze(0)).squeeze(0).masked_fill(~keep, 1.0)
+                # the min_kept-th smallest probability (the release sorts them all) if above thresh
+                kth = mask_prob.kthvalue(min(mask_prob.numel(), self.min_kept)).values
+                threshold = torch.clamp(kth, min=self.thresh)
+                mine = keep.sum() >= self.min_kept  # else every valid pixel is kept
+                keep = keep & ((mask_prob <= threshold) | ~mine)
+        target = target.masked_fill(~keep, self.ignore_index).view(b, h, w)
         return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
 
 

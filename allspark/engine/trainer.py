@@ -101,7 +101,7 @@ def compute_losses(run, batch, epoch):
     net.train()
     mask_u = pseudo.argmax(dim=1)
     if cfg["ignore_unlabeled_padding"]:
-        mask_u[ignore_u == PAD_UNLABELED] = 255
+        mask_u = mask_u.masked_fill(ignore_u == PAD_UNLABELED, 255)  # (a boolean index would sync)
     extra = {}
     if cfg["method"] == "allspark":
         extra = dict(pseudo_logits=pseudo, use_memory=epoch >= run.warmup_epoch)
