@@ -24,13 +24,13 @@ from ..config import ConfigError, load_config
 from ..data import CLASSES, PAD_UNLABELED, DataError
 from ..models import build_model
 from ..models.allspark import ChannelAttention
-from .speed import autocast, compile_model, grad_scaler
 from .checkpoint import release_state_dict, resume, save_checkpoint
 from .dist import broadcast_buffers, cleanup, setup_distributed
 from .evaluate import evaluate
 from .loaders import build_loaders, epoch_seed, seed_all
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
+from .speed import autocast, compile_model, grad_scaler
 
 __all__ = ["main", "build_optimizer", "poly_lr", "compute_losses", "train_step"]
 
