@@ -6,8 +6,9 @@
 The training step is the trainer's own (``allspark.engine.trainer.train_step``): for AllSpark an
 eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss, backward and an SGD
 step, under the config's ``amp`` and ``compile`` unless ``--amp`` / ``--[no-]compile`` say otherwise;
-the baselines' configs time their own steps. The eval forward runs under the same autocast. Prints median / min / max seconds per step, images
-per second and peak memory (CUDA max_memory_allocated, or the process's peak RSS on the CPU).
+the baselines' configs time their own steps. The eval forward runs under the same autocast. Prints
+median / min / max seconds per step, images per second and peak memory (CUDA max_memory_allocated, or
+the process's peak RSS on the CPU).
 """
 import argparse
 import copy
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from .config import load_config
 from .engine.losses import build_criterion
-from .engine.speed import autocast, compile_model, grad_scaler
+from .engine.speed import AMP_DTYPES, autocast, compile_model, grad_scaler
 from .engine.trainer import build_optimizer, train_step
 from .models import MIT_PRESETS, build_model
 
@@ -131,7 +132,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"], help="the config's amp by default")
+    parser.add_argument("--amp", default=None, choices=list(AMP_DTYPES), help="the config's amp by default")
     parser.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
                         help="torch.compile the model (the config's compile by default)")
     parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")
