@@ -61,8 +61,8 @@ def broken(path, value):
 
 
 @pytest.mark.parametrize("path, value, pattern", [
-    (("backbone", "type"), "mit_b9", r"model\.backbone\.type: unknown type 'mit_b9'; valid types: \['mit', 'mit_b0'"),
-    (("decoder", "type"), "deeplab", r"model\.decoder\.type: unknown type 'deeplab'; valid types: \['allspark', 'segformer'\]"),
+    (("backbone", "type"), "mit_b9", r"model\.backbone\.type: unknown type 'mit_b9'; valid types: \['dinov2', .*'mit', 'mit_b0'"),
+    (("decoder", "type"), "deeplab", r"model\.decoder\.type: unknown type 'deeplab'; valid types: \['allspark', 'dpt', 'segformer'\]"),
     (("backbone", "kwargs", "embed_dim"), 3, r"model\.backbone\.kwargs: unknown keyword\(s\) \['embed_dim'\].*valid keywords: \[.*'embed_dims'"),
     (("decoder", "kwargs", "num_classes"), 3, r"model\.decoder\.kwargs: unknown keyword\(s\) \['num_classes'\].*'num_class'"),
     (("decoder", "kwargs", "warmup_epoch"), ..., r"model\.decoder\.kwargs: missing keyword\(s\) \['warmup_epoch'\]"),

@@ -14,15 +14,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from . import mit
+from . import dinov2, mit
 from .allspark import AllSparkDecoder
+from .dpt import DPT, DPTHead
 from .segformer_head import SegFormerDecoder
-from .weights import load_pretrained_backbone
+from .weights import PRETRAINED_FILES, load_pretrained_backbone
 
 __all__ = ["Segmentor", "build_model", "BACKBONES", "DECODERS", "ALIASES"]
 
-BACKBONES = {"mit": mit.MixVisionTransformer, **{name: getattr(mit, name) for name in mit.MIT_PRESETS}}
-DECODERS = {"allspark": AllSparkDecoder, "segformer": SegFormerDecoder}
+BACKBONES = {"mit": mit.MixVisionTransformer, **{name: getattr(mit, name) for name in mit.MIT_PRESETS},
+             "dinov2": dinov2.DINOv2, **{name: getattr(dinov2, name) for name in dinov2.DINOV2_PRESETS}}
+DECODERS = {"allspark": AllSparkDecoder, "segformer": SegFormerDecoder, "dpt": DPTHead}
 ALIASES = {
     **{f"model.backbone.mit.{name}": name for name in mit.MIT_PRESETS},
     "model.semseg.allspark.SemiDecoder": "allspark",
@@ -30,6 +32,8 @@ ALIASES = {
 }
 # Keywords every backbone accepts besides its constructor's: where to take pretrained weights from.
 _BACKBONE_EXTRA = ("pretrained",)
+# Constructor arguments the builder takes from the encoder, not from the config.
+_FROM_BACKBONE = ("in_channels",)
 
 
 class Segmentor(nn.Module):
@@ -39,6 +43,8 @@ class Segmentor(nn.Module):
     AllSpark training: ``forward(cat([labeled, unlabeled]), pseudo_logits=p, use_memory=flag)`` in
     train mode with equal halves, p the eval-mode logits of the unlabeled half.
     """
+
+    input_multiple = None  # any input size (evaluation does not resize)
 
     def __init__(self, backbone, decoder):
         super().__init__()
@@ -51,9 +57,9 @@ class Segmentor(nn.Module):
 
 
 def _signature(factory):
-    # The presets forward their keywords to MixVisionTransformer.
-    target = mit.MixVisionTransformer if factory.__name__ in mit.MIT_PRESETS else factory
-    params = list(inspect.signature(target).parameters.values())
+    # The presets forward their keywords to the class they name in ``target``.
+    target = getattr(factory, "target", factory)
+    params = [p for p in inspect.signature(target).parameters.values() if p.name not in _FROM_BACKBONE]
     accepted = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     required = [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
     return accepted, required
@@ -105,11 +111,19 @@ def build_model(model_cfg):
         backbone = BACKBONES[bb_name](**bb_kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.backbone ({bb_name}): {exc}") from None
-    in_planes = list(dec_kwargs["in_planes"])
-    if in_planes != backbone.embed_dims:
-        raise ConfigError(f"model.decoder.kwargs.in_planes {in_planes} differs from the backbone's "
-                          f"embed_dims {backbone.embed_dims} ({bb_name})")
-    decoder = DECODERS[dec_name](**dec_kwargs)
+    if dec_name == "dpt":
+        if not hasattr(backbone, "patch_size"):
+            raise ConfigError(f"model.decoder.type dpt needs a patch encoder (dinov2*), got {bb_name!r}")
+        try:
+            model = DPT(backbone, DPTHead(in_channels=backbone.embed_dim, **dec_kwargs))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.decoder (dpt): {exc}") from None
+    else:
+        in_planes = list(dec_kwargs["in_planes"])
+        if in_planes != getattr(backbone, "embed_dims", None):
+            raise ConfigError(f"model.decoder.kwargs.in_planes {in_planes} differs from the backbone's "
+                              f"embed_dims {getattr(backbone, 'embed_dims', None)} ({bb_name})")
+        model = Segmentor(backbone, DECODERS[dec_name](**dec_kwargs))
     if pretrained:
-        load_pretrained_backbone(backbone, pretrained, preset=bb_name if bb_name in mit.MIT_PRESETS else None)
-    return Segmentor(backbone, decoder)
+        load_pretrained_backbone(backbone, pretrained, preset=bb_name if bb_name in PRETRAINED_FILES else None)
+    return model

@@ -200,6 +200,7 @@ def _preset_factory(name):
         return MixVisionTransformer(**{**MIT_PRESETS[name], **overrides})
     factory.__name__ = name
     factory.__doc__ = f"MiT preset {name}: {MIT_PRESETS[name]}; keyword arguments override it."
+    factory.target = MixVisionTransformer
     return factory
 
 

@@ -6,13 +6,26 @@ import torch
 
 from ..config import PROJECT_ROOT
 
-__all__ = ["WeightsError", "load_pretrained_backbone", "load_checkpoint", "PRETRAINED_DIR"]
+__all__ = ["WeightsError", "load_pretrained_backbone", "load_checkpoint", "PRETRAINED_DIR", "PRETRAINED_FILES"]
 
 logger = logging.getLogger("allspark")
 
 PRETRAINED_DIR = "pretrained_weights"
-_WHERE_FROM = ("SegFormer's ImageNet-1k MiT weights (mit_b0.pth .. mit_b5.pth, linked from the SegFormer "
-               "repository's README, NVlabs/SegFormer); see pretrained_weights/README.md")
+# pretrained: true -> these files under pretrained_weights/ (the first found): SegFormer's ImageNet MiT
+# weights, and the official DINOv2 files (or the UniMatch V2 release's names for them).
+PRETRAINED_FILES = {
+    **{f"mit_b{i}": (f"mit_b{i}.pth",) for i in range(6)},
+    "dinov2_small": ("dinov2_vits14_pretrain.pth", "dinov2_small.pth"),
+    "dinov2_base": ("dinov2_vitb14_pretrain.pth", "dinov2_base.pth"),
+    "dinov2_large": ("dinov2_vitl14_pretrain.pth", "dinov2_large.pth"),
+    "dinov2_giant": ("dinov2_vitg14_pretrain.pth", "dinov2_giant.pth"),
+}
+_WHERE_FROM = {
+    "mit": "SegFormer's ImageNet-1k MiT weights (mit_b0.pth .. mit_b5.pth, linked from the SegFormer repository's "
+           "README, NVlabs/SegFormer)",
+    "dinov2": "the official DINOv2 weights (dinov2_vits14_pretrain.pth .. dinov2_vitg14_pretrain.pth, linked from "
+              "the DINOv2 repository's README, facebookresearch/dinov2)",
+}
 # Module names of the weights published next to the AllSpark release, which its code never produced.
 _PUBLISHED_ALLSPARK_PREFIXES = ("decoder.allspark.embeddings.", "decoder.allspark.encoder.layer.")
 _SHOW = 5  # how many key names an error lists
@@ -51,9 +64,10 @@ def _state_dict_of(obj, path, entries):
 def _resolve_pretrained(spec, preset):
     if spec is True:
         if preset is None:
-            raise WeightsError("backbone pretrained: true needs a preset type (mit_b0 .. mit_b5) to name the file; "
-                               "give the file's path instead (pretrained: path/to/weights.pth)")
-        candidates = [Path.cwd() / PRETRAINED_DIR / f"{preset}.pth", PROJECT_ROOT / PRETRAINED_DIR / f"{preset}.pth"]
+            raise WeightsError(f"backbone pretrained: true needs a preset type ({', '.join(PRETRAINED_FILES)}) to "
+                               "name the file; give the file's path instead (pretrained: path/to/weights.pth)")
+        candidates = [base / PRETRAINED_DIR / name for base in (Path.cwd(), PROJECT_ROOT)
+                      for name in PRETRAINED_FILES[preset]]
     elif isinstance(spec, (str, Path)):
         candidates = [Path(spec)]
     else:
@@ -62,7 +76,9 @@ def _resolve_pretrained(spec, preset):
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in dict.fromkeys(candidates))
-    raise WeightsError(f"pretrained backbone weights not found; looked at: {looked}. They are {_WHERE_FROM}.")
+    where = _WHERE_FROM["dinov2" if str(preset).startswith("dinov2") else "mit"]
+    raise WeightsError(f"pretrained backbone weights not found; looked at: {looked}. They are {where}; "
+                       f"see pretrained_weights/README.md")
 
 
 def load_pretrained_backbone(backbone, spec, preset=None):
@@ -87,12 +103,16 @@ def load_pretrained_backbone(backbone, spec, preset=None):
     backbone.load_state_dict({k: state[k] for k in matched}, strict=False)
     logger.info("pretrained backbone %s: %d loaded, %d missing, %d unexpected", path, len(matched), len(missing),
                 len(unexpected))
+    if missing or unexpected:
+        logger.warning("pretrained backbone %s: missing (left at their initialisation) %s; unexpected (ignored) %s",
+                       path, missing[:_SHOW], unexpected[:_SHOW])
     return path
 
 
-def load_checkpoint(model, path):
-    """Load the ``model`` entry of a checkpoint (this project's or the release's, with or without DDP's
-    ``module.`` prefix; a bare state dict is accepted too) into ``model``, strictly.
+def load_checkpoint(model, path, entry="model"):
+    """Load the ``entry`` of a checkpoint (``model``, or ``model_ema`` for UniMatch V2's EMA teacher;
+    this project's or the release's, with or without DDP's ``module.`` prefix; a bare state dict is
+    accepted too) into ``model``, strictly.
 
     Returns the whole checkpoint dict (``epoch``, ``optimizer``, ... where present). A file whose keys
     or shapes do not fit raises WeightsError with the counts and the first few names."""
@@ -100,7 +120,10 @@ def load_checkpoint(model, path):
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     ckpt = _read(path)
-    state = _strip_prefix(_state_dict_of(ckpt, path, ("model", "state_dict")))
+    if entry != "model" and not (isinstance(ckpt, dict) and isinstance(ckpt.get(entry), dict)):
+        found = list(ckpt)[:_SHOW] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise WeightsError(f"checkpoint {path} has no {entry!r} entry (it holds {found})")
+    state = _strip_prefix(_state_dict_of(ckpt, path, (entry, "state_dict")))
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -114,10 +137,10 @@ def load_checkpoint(model, path):
         if wrong:
             parts.append(f"{len(wrong)} of another shape (e.g. " + ", ".join(
                 f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:_SHOW]) + ")")
-        message = f"checkpoint {path} does not fit this model: " + "; ".join(parts)
-        pred = "decoder.decoder.linear_pred.bias"
-        if pred in wrong:
-            message += f". It was trained for {state[pred].shape[0]} classes, the model has {own[pred].shape[0]}"
+        message = f"checkpoint {path} ({entry}) does not fit this model: " + "; ".join(parts)
+        for pred in ("decoder.decoder.linear_pred.bias", "head.scratch.output_conv.2.bias"):  # the classifiers
+            if pred in wrong:
+                message += f". It was trained for {state[pred].shape[0]} classes, the model has {own[pred].shape[0]}"
         if any(k.startswith(_PUBLISHED_ALLSPARK_PREFIXES) for k in unexpected):
             message += (". These are the weights published next to the AllSpark release: they were trained with a "
                         "different internal AllSpark module (decoder.allspark.embeddings.*, "
