@@ -1,4 +1,4 @@
-"""Train AllSpark or a baseline: python train.py --config C --labeled-id-path L --unlabeled-id-path U --save-path S
+"""Train AllSpark, UniMatch V2 or a baseline: python train.py --config C --labeled-id-path L --unlabeled-id-path U --save-path S
 
 One process, torchrun (scripts/train.sh) or srun (scripts/slurm_train.sh); see README."""
 import argparse
@@ -8,6 +8,7 @@ import sys
 from allspark.config import ConfigError
 from allspark.data import DataError
 from allspark.engine.trainer import main
+from allspark.methods import METHODS
 from allspark.models import WeightsError
 
 
@@ -17,7 +18,7 @@ def parse_args(argv=None):
     parser.add_argument("--labeled-id-path", required=True, help="labeled split list")
     parser.add_argument("--unlabeled-id-path", default=None, help="unlabeled split list (not for method sup)")
     parser.add_argument("--save-path", required=True, help="folder for checkpoints and TensorBoard logs")
-    parser.add_argument("--method", default=None, choices=["allspark", "semi", "sup"],
+    parser.add_argument("--method", default=None, choices=list(METHODS),
                         help="overrides the config's method")
     parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
     parser.add_argument("--seed", type=int, default=0)

@@ -3,10 +3,12 @@
     python -m allspark.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
         --batch-size 2 --steps 5 --warmup 2 --device cpu --out bench.json
 
-The training step is the trainer's own (``allspark.engine.trainer.train_step``): for AllSpark an
-eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss, backward and an SGD
-step, under the config's ``amp`` and ``compile`` unless ``--amp`` / ``--[no-]compile`` say otherwise;
-the baselines' configs time their own steps. The eval forward runs under the same autocast. Prints
+The training step is the trainer's own (``allspark.engine.trainer.train_step``) with the config's
+method: for AllSpark an eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss,
+backward and an SGD step; for UniMatch V2 the EMA teacher's pass on the weak view, the labeled forward,
+the forward of both CutMixed strong views with complementary dropout, backward, AdamW and the EMA
+update; the baselines' configs time their own steps. All under the config's ``amp`` and ``compile``
+unless ``--amp`` / ``--[no-]compile`` say otherwise. The eval forward runs under the same autocast. Prints
 median / min / max seconds per step, images per second and peak memory (CUDA max_memory_allocated, or
 the process's peak RSS on the CPU).
 """
@@ -18,16 +20,15 @@ import resource
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
-import torch.nn as nn
 
-from .config import load_config
 from .engine.losses import build_criterion
 from .engine.speed import AMP_DTYPES, autocast, compile_model, grad_scaler
-from .engine.trainer import build_optimizer, train_step
+from .engine.trainer import train_step
+from .methods import get_method, load_training_config
 from .models import MIT_PRESETS, build_model
+from .models.dinov2 import DINOV2_PRESETS
 
 __all__ = ["run_benchmark", "main"]
 
@@ -38,7 +39,8 @@ def _model_cfg(cfg, args):
     backbone.setdefault("kwargs", {})["pretrained"] = False  # random weights time the same
     if args.backbone:
         backbone["type"] = args.backbone
-        decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
+        if args.backbone in MIT_PRESETS:
+            decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
     if args.num_class:
         decoder["kwargs"]["num_class"] = args.num_class
     if decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
@@ -76,9 +78,25 @@ def _summary(times, images):
             "steps_s": times}
 
 
+def synthetic_batch(method_cls, batch, crop, num_class, device):
+    """A training batch of random images shaped as the method's loaders yield it."""
+    def images():
+        return torch.randn(batch, 3, crop, crop, device=device)
+
+    labeled = (images(), torch.randint(0, num_class, (batch, crop, crop), device=device))
+    if method_cls.unlabeled_mode is None:
+        return labeled
+    ignore = torch.zeros(batch, crop, crop, dtype=torch.long, device=device)
+    if method_cls.unlabeled_mode == "train_u":
+        return labeled, (images(), ignore)
+    box = torch.zeros(batch, crop, crop, device=device)
+    box[:, crop // 4:crop // 2, crop // 4:3 * crop // 4] = 1  # 1/8 of the crop, as an average CutMix box
+    return labeled, (images(), images(), images(), ignore, box, box.clone())
+
+
 def run_benchmark(args):
     """Build the model, time ``args.steps`` training steps and eval forwards; return the results dict."""
-    cfg = load_config(args.config)
+    cfg = load_training_config(args.config)
     args.amp = args.amp or cfg["amp"]
     args.compile = cfg["compile"] if args.compile is None else args.compile
     cfg = {**cfg, "amp": args.amp, "ignore_unlabeled_padding": False}
@@ -92,17 +110,18 @@ def run_benchmark(args):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     net = compile_model(model) if args.compile else model
-    epoch = 0 if args.memory == "on" else -1  # use_memory is epoch >= warmup_epoch
-    run = SimpleNamespace(cfg=cfg, net=net, env=SimpleNamespace(device=device),
-                          criterion_l=build_criterion(cfg["criterion"]).to(device),
-                          criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(device), warmup_epoch=0,
-                          optimizer=build_optimizer(model, cfg), scaler=grad_scaler(device, args.amp))
+    method_cls = get_method(cfg["method"])
+    method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
+    if hasattr(method, "warmup_epoch"):
+        method.warmup_epoch = 0 if args.memory == "on" else 1  # S-Mem is read from warmup_epoch on
+    optimizer = method.build_optimizer(model, cfg["lr"], cfg["lr_multi"])
+    scaler = grad_scaler(device, args.amp)
+    step_batch = synthetic_batch(method_cls, batch, args.crop, num_class, device)
+    img_x = step_batch[0] if method_cls.unlabeled_mode is None else step_batch[0][0]
 
-    shape = (batch, 3, args.crop, args.crop)
-    img_x, img_u = torch.randn(shape, device=device), torch.randn(shape, device=device)
-    mask_x = torch.randint(0, num_class, (batch, args.crop, args.crop), device=device)
-    ignore_u = torch.zeros_like(mask_x)
-    step_batch = (img_x, mask_x) if cfg["method"] == "sup" else ((img_x, mask_x), (img_u, ignore_u))
+    def step():
+        train_step(method, net, step_batch, optimizer, scaler, epoch=0, device=device, amp=args.amp)
+        method.after_step(model, 1000)
 
     @torch.no_grad()
     def eval_forward():
@@ -110,8 +129,8 @@ def run_benchmark(args):
         with autocast(device, args.amp):
             net(img_x)
 
-    images_per_step = batch * (1 if cfg["method"] == "sup" else 2)
-    train_times = _timed(lambda: train_step(run, step_batch, epoch), args.steps, args.warmup, device)
+    images_per_step = batch * (1 if method_cls.unlabeled_mode is None else 2)
+    train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
@@ -138,7 +157,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")
     parser.add_argument("--crop", type=int, default=None, help="square input size; the config's crop_size by default")
     parser.add_argument("--memory", default="on", choices=["on", "off"], help="S-Mem replaces keys and values")
-    parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS), help="override the encoder")
+    parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS) + sorted(DINOV2_PRESETS),
+                        help="override the encoder (MiT presets for MiT configs, DINOv2 presets for DINOv2 ones)")
     parser.add_argument("--num-class", type=int, default=None, help="override the class count")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -149,7 +169,8 @@ def main(argv=None):
     res = run_benchmark(args)
     t, e = res["train_step"], res["eval_forward"]
     print(f"{res['method']} {res['backbone']} K={res['num_class']} crop {res['crop']} batch {res['batch_size']}"
-          f"{' + ' + str(res['batch_size']) if res['method'] != 'sup' else ''} memory {res['memory']} amp {res['amp']}"
+          f"{' + ' + str(res['batch_size']) if res['method'] != 'sup' else ''}"
+          f"{' memory ' + res['memory'] if res['method'] == 'allspark' else ''} amp {res['amp']}"
           f"{' compiled' if res['compile'] else ''} on {res['device']} ({res['threads']} threads)")
     print(f"train step : median {t['median_s']:.4f} s (min {t['min_s']:.4f}, max {t['max_s']:.4f}), "
           f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")

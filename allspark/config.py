@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _NUMBER = (int, float)
 # key: (required, accepted types, default, allowed values or None)
 SCHEMA = {
-    "method": (False, str, None, ("allspark", "semi", "sup")),
+    "method": (False, str, None, None),  # checked against the registry in allspark.methods
     "dataset": (True, str, None, None),
     "data_root": (True, str, None, None),
     "val_id_path": (True, str, None, None),
@@ -30,6 +30,10 @@ SCHEMA = {
     "eval_mode": (False, str, "original", ("original", "center_crop", "sliding_window", "multiscale")),
     "eval_scales": (False, list, [0.75, 1.0, 1.25, 1.5], None),
     "eval_flip": (False, bool, True, None),
+    # sliding window edge windows: cut at the border (the AllSpark release) or moved back inside the image
+    # so that every window is whole (the UniMatch V2 release)
+    "sliding_window_edges": (False, str, "cut", ("cut", "aligned")),
+    "lock_backbone": (False, bool, False, None),  # a frozen encoder (UniMatch V2's lock_backbone)
     "ignore_unlabeled_padding": (False, bool, False, None),
     "memory_sync": (False, str, "broadcast", ("broadcast", "gather")),
     # data loading (no effect on the numbers: every sample draws its augmentations from its own seed)
@@ -67,14 +71,16 @@ def resolve_path(value):
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def check_config(cfg, source="config"):
-    """Check keys, types and allowed values against SCHEMA, fill defaults, and check the training
-    keys against the model section. Returns a new dict; raises ConfigError naming the key."""
-    unknown = sorted(set(cfg) - set(SCHEMA))
+def check_config(cfg, source="config", extra=None):
+    """Check keys, types and allowed values against SCHEMA and ``extra`` (a method's own keys, same
+    format), fill defaults, and check the training keys against the model section. Returns a new dict;
+    raises ConfigError naming the key."""
+    schema = {**SCHEMA, **(extra or {})}
+    unknown = sorted(set(cfg) - set(schema))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(schema)}")
     out = {}
-    for key, (required, types, default, allowed) in SCHEMA.items():
+    for key, (required, types, default, allowed) in schema.items():
         if key not in cfg:
             if required:
                 raise ConfigError(f"{source}: missing key {key!r}")
@@ -98,33 +104,7 @@ def check_config(cfg, source="config"):
     return out
 
 
-def load_config(path, method=None, require_method=True):
-    """Load and check a config; ``method`` (from the command line) overrides the file's. Evaluation
-    passes ``require_method=False``: it needs no method."""
-    cfg = check_config(load_yaml(path), source=str(path))
-    if method is not None:
-        if method not in SCHEMA["method"][3]:
-            raise ConfigError(f"--method must be one of {list(SCHEMA['method'][3])}, got {method!r}")
-        cfg["method"] = method
-    if cfg["method"] is None:
-        if require_method:
-            raise ConfigError(f"{path}: no method: set 'method: allspark | semi | sup' or pass --method")
-        return cfg
-    _check_method(cfg, str(path))
-    return cfg
-
-
-def _check_method(cfg, source):
-    from .models.builder import ALIASES  # noqa: E402  (models import this module)
-
-    decoder = cfg["model"].get("decoder") or {}
-    dec_type = ALIASES.get(decoder.get("type"), decoder.get("type"))
-    wanted = "allspark" if cfg["method"] == "allspark" else "segformer"
-    if dec_type != wanted:
-        raise ConfigError(f"{source}: method {cfg['method']!r} trains the {wanted!r} decoder, but model.decoder.type "
-                          f"is {decoder.get('type')!r}")
-    if wanted == "allspark":
-        image_size = (decoder.get("kwargs") or {}).get("image_size")
-        if image_size != cfg["crop_size"]:
-            raise ConfigError(f"{source}: model.decoder.kwargs.image_size ({image_size}) must equal crop_size "
-                              f"({cfg['crop_size']}): S-Mem is sized for the training crop")
+def load_config(path, extra=None):
+    """Load a config and check it (:func:`check_config`); the method's own keys come with ``extra``
+    (``allspark.methods.load_training_config`` adds them and checks the method)."""
+    return check_config(load_yaml(path), source=str(path), extra=extra)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on one node with torchrun, as the release does:
 #   sh scripts/train.sh NGPUS PORT [dataset] [method] [split]
-# dataset: pascal | cityscapes | coco | toy;  method: allspark | baseline_semi | baseline_sup
+# dataset: pascal | cityscapes | coco | toy;  method: allspark | baseline_semi | baseline_sup | unimatch_v2
 # split: e.g. 1464, 1_8 (Pascal), 1_16 (Cityscapes), 1_512 (COCO); lists under splits/<dataset>/<split>/.
 # The log is tee'd to exp/<dataset>/<method>/<split>/<time>.log beside the checkpoints.
 set -eu

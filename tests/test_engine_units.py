@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import ConfigError, PROJECT_ROOT, load_config
+from allspark.config import ConfigError, PROJECT_ROOT
+from allspark.methods import load_training_config as load_config
 from allspark.engine.dist import resolve_env
 from allspark.engine.evaluate import center_crop, sliding_window
 from allspark.engine.loaders import ShardSampler
@@ -164,7 +165,8 @@ def test_release_recipes(name, values):
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
-    expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup"}[path.stem.split("_", 1)[1]]
+    expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup",
+                "unimatch_v2": "unimatch_v2"}[path.stem.split("_", 1)[1]]
     assert cfg["method"] == expected
 
 

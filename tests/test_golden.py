@@ -106,3 +106,33 @@ def test_buffers_after_step(train_step, golden):
             assert_close(buffers[name], ref, f"{tag} {name}")
         else:
             assert torch.equal(buffers[name], ref), f"{tag} {name}: {buffers[name]} vs {ref}"
+
+
+@pytest.mark.parametrize("tag, epoch", [("warmup", 0), ("smem", 1)])
+def test_the_trainer_step_of_the_allspark_method_reproduces_the_release(golden, tag, epoch):
+    """The same step through the trainer's ``train_step`` and the ``allspark`` method (pseudo-label
+    pass, training forward with S-Mem from warmup_epoch 1 on, loss, backward): the release's loss,
+    gradients and buffers. (The SGD step it also takes does not touch the gradients.)"""
+    import torch.nn as nn
+
+    from allspark.engine.speed import grad_scaler
+    from allspark.engine.trainer import train_step
+    from allspark.methods import AllSparkMethod
+
+    model = golden_model(golden)
+    method = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), warmup_epoch=1)
+    optimizer = method.build_optimizer(model, 0.001, 10.0)
+    batch = ((golden["x_l"], golden["y_l"]), (golden["x_u"], torch.zeros_like(golden["y_l"])))
+    values = train_step(method, model, batch, optimizer, grad_scaler(torch.device("cpu"), "none"), epoch=epoch,
+                        device=torch.device("cpu"))
+    assert_close(values[0], golden[f"{tag}_loss"], f"method {tag}_loss")
+    params = dict(model.named_parameters())
+    for name, ref in golden[f"{tag}_grads"].items():
+        rel = ((params[name].grad.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+        assert rel <= GRAD_RTOL, f"method {tag} grad {name}: relative error {rel:.3g}"
+    buffers = dict(model.named_buffers())
+    for name, ref in golden[f"{tag}_buffers_after"].items():
+        if ref.is_floating_point():
+            assert_close(buffers[name], ref, f"method {tag} {name}")
+        else:
+            assert torch.equal(buffers[name], ref), name

@@ -1,31 +1,34 @@
 """The off-by-default speed options: mixed precision (config ``amp``) and ``compile``."""
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 
-from allspark.config import check_config
 from allspark.engine.speed import compile_model, grad_scaler
-from allspark.engine.trainer import build_optimizer, train_step
+from allspark.engine.trainer import train_step
+from allspark.methods import AllSparkMethod
 from allspark.models import build_model
 from allspark.models.allspark import _attention_weights
 
 from conftest import tiny_model_cfg, zero_dropout
 
+CPU = torch.device("cpu")
 
-def make_run(amp="none", compile=False, model=None):
-    cfg = check_config({"method": "allspark", "dataset": "toy", "data_root": ".", "val_id_path": "v.txt", "nclass": 5,
-                        "crop_size": 65, "epochs": 1, "batch_size": 2, "lr": 0.01, "lr_multi": 10.0,
-                        "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}, "model": tiny_model_cfg(),
-                        "amp": amp, "compile": compile})
-    model = model or zero_dropout(build_model(cfg["model"]))
-    device = torch.device("cpu")
-    return SimpleNamespace(cfg=cfg, model=model, net=compile_model(model) if compile else model,
-                           env=SimpleNamespace(device=device), criterion_l=nn.CrossEntropyLoss(ignore_index=255),
-                           criterion_u=nn.CrossEntropyLoss(ignore_index=255), warmup_epoch=1,
-                           optimizer=build_optimizer(model, cfg), scaler=grad_scaler(device, amp))
+
+def make_step(amp="none", compile=False, model=None):
+    """A model, its (compiled) training net, the AllSpark method, SGD and the loss scaler for ``amp``;
+    returns (model, one-step function)."""
+    model = model or zero_dropout(build_model(tiny_model_cfg()))
+    net = compile_model(model) if compile else model
+    method = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), warmup_epoch=1)
+    optimizer = method.build_optimizer(model, 0.01, 10.0)
+    scaler = grad_scaler(CPU, amp)
+
+    def step(batch, epoch=1):
+        return train_step(method, net, batch, optimizer, scaler, epoch=epoch, device=CPU, amp=amp)
+    step.scaler = scaler
+    return model, step
 
 
 def toy_batch(seed=0):
@@ -58,13 +61,13 @@ def test_bf16_eval_forward_stays_close_to_fp32():
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_train_step_under_amp_learns(amp):
-    run = make_run(amp)
-    assert run.scaler.is_enabled() == (amp == "fp16")
-    before = copy.deepcopy(run.model.state_dict())
-    losses = [train_step(run, toy_batch(), epoch=1) for _ in range(3)]
+    model, step = make_step(amp)
+    assert step.scaler.is_enabled() == (amp == "fp16")
+    before = copy.deepcopy(model.state_dict())
+    losses = [step(toy_batch()) for _ in range(3)]
     assert all(torch.isfinite(v).all() for v in losses)
     assert losses[-1][0] < losses[0][0], "the same batch three times: the loss goes down"
-    after = run.model.state_dict()
+    after = model.state_dict()
     assert not torch.equal(before["decoder.allspark.attn.q_l2u.weight"], after["decoder.allspark.attn.q_l2u.weight"])
     assert after["decoder.allspark.attn.queue_ptr"].sum() > 0
     for key, value in after.items():
@@ -74,12 +77,12 @@ def test_train_step_under_amp_learns(amp):
 def test_compiled_step_matches_the_eager_step():
     # One step with the memory on (compiling takes a while on two cores): the pseudo-label pass, the
     # training forward with the S-Mem update and read, backward and SGD, compiled against eager.
-    eager = make_run()
-    compiled = make_run(compile=True, model=copy.deepcopy(eager.model))
-    a = train_step(eager, toy_batch(), epoch=1)
-    b = train_step(compiled, toy_batch(), epoch=1)
+    eager_model, eager = make_step()
+    compiled_model, compiled = make_step(compile=True, model=copy.deepcopy(eager_model))
+    a = eager(toy_batch())
+    b = compiled(toy_batch())
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a, b)
-    ref, got = eager.model.state_dict(), compiled.model.state_dict()
+    ref, got = eager_model.state_dict(), compiled_model.state_dict()
     for key in ref:
         assert torch.allclose(ref[key].float(), got[key].float(), rtol=1e-3, atol=1e-4), key
     assert torch.equal(ref["decoder.allspark.attn.queue_ptr"], got["decoder.allspark.attn.queue_ptr"])

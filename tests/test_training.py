@@ -33,14 +33,23 @@ def toy(tmp_path_factory):
     return SimpleNamespace(root=root, **{k: str(v) for k, v in lists.items()})
 
 
+# UniMatch V2's model at the golden file's size: a 4-block DINOv2 layout of width 48 and a small DPT head.
+TINY_DPT = {
+    "backbone": {"type": "dinov2", "kwargs": {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3]}},
+    "decoder": {"type": "dpt", "kwargs": {"num_class": 5, "features": 16, "out_channels": [8, 16, 32, 32]}},
+}
+
+
 def write_config(path, toy, method="allspark", **changes):
-    model = yaml.safe_load(yaml.safe_dump(TINY_MODEL))
-    if method != "allspark":
+    model = yaml.safe_load(yaml.safe_dump(TINY_DPT if method == "unimatch_v2" else TINY_MODEL))
+    if method in ("semi", "sup"):
         model["decoder"] = {"type": "segformer", "kwargs": {"num_class": 5, "in_planes": [16, 32, 40, 64],
                                                             "embedding_dim": 32}}
     cfg = {"method": method, "dataset": "toy", "data_root": str(toy.root), "val_id_path": toy.val, "nclass": 5,
            "crop_size": 65, "epochs": 2, "batch_size": 2, "lr": 0.005, "lr_multi": 10.0,
            "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}, "num_workers": 0, "model": model}
+    if method == "unimatch_v2":
+        cfg.update(crop_size=70, lr=0.0002, conf_thresh=0.5)
     cfg.update(changes)
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -73,7 +82,7 @@ def mious(log):
     return [float(v) for v in re.findall(r"MeanIoU: ([0-9.]+)", log)]
 
 
-@pytest.mark.parametrize("method", ["allspark", "semi", "sup"])
+@pytest.mark.parametrize("method", ["allspark", "semi", "sup", "unimatch_v2"])
 def test_torchrun_two_processes(tmp_path, toy, method):
     cfg = write_config(tmp_path / "c.yaml", toy, method)
     save = tmp_path / "run"
@@ -84,12 +93,27 @@ def test_torchrun_two_processes(tmp_path, toy, method):
     assert "launcher torchrun, world size 2, device cpu, backend gloo" in log
     assert "SyncBatchNorm: off on CPU" in log
     assert "Grad strides do not match" not in log and "FutureWarning" not in log
-    assert len(mious(log)) == 2 and log.count("===========> Epoch:") == 2
-    assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
-                     r"[0-9.]+ img/s, ETA", log)
+    assert log.count("===========> Epoch:") == 2
     ckpt = torch.load(save / "latest.pth", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best"}
-    assert ckpt["epoch"] == 1 and round(ckpt["previous_best"], 2) == max(mious(log))
+    if method == "unimatch_v2":  # the model and the EMA teacher are evaluated every epoch, both bests kept
+        assert len(mious(log)) == 4 and log.count("Evaluation original (EMA) ***** >>>> MeanIoU") == 2
+        assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss s: [0-9.]+, Mask ratio: "
+                         r"[0-9.]+, lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
+        assert set(ckpt) == {"model", "model_ema", "optimizer", "epoch", "best_epoch", "previous_best",
+                             "best_epoch_ema", "previous_best_ema"}
+        assert round(ckpt["previous_best"], 2) == max(mious(log)[0::2])
+        assert round(ckpt["previous_best_ema"], 2) == max(mious(log)[1::2])
+        assert set(ckpt["model_ema"]) == set(ckpt["model"])
+        assert not torch.equal(ckpt["model_ema"]["module.head.scratch.output_conv.2.weight"],
+                               ckpt["model"]["module.head.scratch.output_conv.2.weight"])
+        assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.01}, "AdamW"
+    else:
+        assert len(mious(log)) == 2
+        assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
+                         r"[0-9.]+ img/s, ETA", log)
+        assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best"}
+        assert round(ckpt["previous_best"], 2) == max(mious(log))
+    assert ckpt["epoch"] == 1
     assert all(k.startswith("module.") for k in ckpt["model"])
     assert (save / "best.pth").is_file()
     assert list(save.glob("events.out.tfevents.*")), "TensorBoard scalars"
@@ -99,12 +123,14 @@ def test_torchrun_two_processes(tmp_path, toy, method):
         assert ptr.sum() > 0, "the semantic memory was written"
 
 
-def test_killed_run_resumes_where_it_stopped(tmp_path, toy):
-    """A run killed in its second epoch and restarted ends exactly where an uninterrupted run ends."""
+@pytest.mark.parametrize("method", ["allspark", "unimatch_v2"])
+def test_killed_run_resumes_where_it_stopped(tmp_path, toy, method):
+    """A run killed in its second epoch and restarted ends exactly where an uninterrupted run ends
+    (UniMatch V2: the EMA teacher and AdamW's state too)."""
     lists = make_toy_dataset(tmp_path / "data", seed=2, num_train=44, num_val=2, num_labeled=4, min_size=64,
                              max_size=72)
     data = SimpleNamespace(root=tmp_path / "data", **{k: str(v) for k, v in lists.items()})
-    cfg = write_config(tmp_path / "c.yaml", data, num_workers=1)  # persistent workers: seeds come per sample
+    cfg = write_config(tmp_path / "c.yaml", data, method, num_workers=1)  # persistent workers: per-sample seeds
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run(train_args(cfg, data, whole)).returncode == 0
 
@@ -126,11 +152,15 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, toy):
     a = torch.load(whole / "latest.pth", weights_only=True)
     b = torch.load(broken / "latest.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 1
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    for entry in ("model", "model_ema") if method == "unimatch_v2" else ("model",):
+        assert set(a[entry]) == set(b[entry])
+        for key, value in a[entry].items():
+            assert torch.equal(value, b[entry][key]), (entry, key)
     assert a["optimizer"]["param_groups"][1]["lr"] == b["optimizer"]["param_groups"][1]["lr"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for idx, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][idx]["momentum_buffer"])
+        for key, value in state.items():  # SGD's momentum buffers, AdamW's step and moments
+            assert torch.equal(value, b["optimizer"]["state"][idx][key]), (idx, key)
 
 
 def test_fp16_run_keeps_its_loss_scale_across_a_resume(tmp_path, toy):

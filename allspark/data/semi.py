@@ -10,11 +10,11 @@ from torch.utils.data import Dataset
 
 from .classes import CLASSES
 from .lists import DataError, read_list
-from .transforms import crop, hflip, normalize, photometric, resize, seed_all
+from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize, seed_all
 
 __all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED"]
 
-MODES = ("train_l", "train_u", "val")
+MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
 IGNORE_INDEX = 255
 PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
 
@@ -25,8 +25,13 @@ class SemiDataset(Dataset):
     - ``train_l``: (image (3, size, size) float32, mask (size, size) int64) after resize, crop
       (mask padded with 255), flip and the photometric transforms. With ``nsample`` the list is
       tiled and cut to that length (the trainer passes the unlabeled list's length).
+    - ``train_l_weak``: as ``train_l`` without the photometric transforms (UniMatch V2's labeled view).
     - ``train_u``: (image, ignore mask (size, size) int64: 254 where the crop was padded, else 0),
       geometric transforms only; the unlabeled mask file is not read.
+    - ``train_u_strong`` (UniMatch V2): (weak view, strong view 1, strong view 2, ignore mask (255 where
+      the crop was padded, else 0), CutMix box 1, CutMix box 2 (size, size) float32); each strong view is
+      the weak view with its own photometric transforms (:func:`photometric`), then its own box
+      (:func:`cutmix_box`).
     - ``val``: (full image, full mask, image path as id), no augmentation.
 
     ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, toy);
@@ -50,7 +55,7 @@ class SemiDataset(Dataset):
             raise DataError(f"mode {mode!r} needs a split list (id_path)")
         self.name, self.mode, self.size, self.num_classes = name, mode, size, num_classes
         self.samples = read_list(id_path)
-        if mode == "train_l" and nsample is not None:
+        if mode.startswith("train_l") and nsample is not None:
             self.samples = (self.samples * math.ceil(nsample / len(self.samples)))[:nsample]
 
     def __len__(self):
@@ -83,9 +88,10 @@ class SemiDataset(Dataset):
             index, seed = index
             seed_all(seed)
         sample = self.samples[index]
+        unlabeled = self.mode.startswith("train_u")
         with Image.open(self._file(sample.image, sample, "image")) as im:
             img = im.convert("RGB")
-        if self.mode == "train_u":
+        if unlabeled:
             mask = Image.fromarray(np.zeros((img.size[1], img.size[0]), dtype=np.uint8))
         else:
             mask = self._load_mask(sample, img.size)
@@ -94,8 +100,17 @@ class SemiDataset(Dataset):
             return img, mask, sample.image
 
         img, mask = resize(img, mask, (0.5, 2.0))
-        img, mask = crop(img, mask, self.size, PAD_UNLABELED if self.mode == "train_u" else IGNORE_INDEX)
+        img, mask = crop(img, mask, self.size, PAD_UNLABELED if unlabeled else IGNORE_INDEX)
         img, mask = hflip(img, mask, p=0.5)
         if self.mode == "train_l":
             img = photometric(img)
-        return normalize(img, mask)
+        if self.mode != "train_u_strong":
+            return normalize(img, mask)
+        # UniMatch V2: the weak view and two strong views, each strong view with its own colour draws and box
+        img_s1 = photometric(img)
+        box1 = cutmix_box(self.size)
+        img_s2 = photometric(img)
+        box2 = cutmix_box(self.size)
+        img_w, mask = normalize(img, mask)
+        ignore = (mask == PAD_UNLABELED).long() * IGNORE_INDEX
+        return img_w, normalize(img_s1), normalize(img_s2), ignore, box1, box2

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-__all__ = ["resize", "crop", "hflip", "blur", "photometric", "normalize", "seed_all", "MEAN", "STD"]
+__all__ = ["resize", "crop", "hflip", "blur", "photometric", "cutmix_box", "normalize", "seed_all", "MEAN", "STD"]
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet
 STD = (0.229, 0.224, 0.225)
@@ -68,6 +68,24 @@ def photometric(img):
         img = transforms.ColorJitter(0.5, 0.5, 0.5, 0.25)(img)
     img = transforms.RandomGrayscale(p=0.2)(img)
     return blur(img, p=0.5)
+
+
+def cutmix_box(size, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
+    """UniMatch's CutMix box: a (size, size) float32 map, 1 inside one axis-aligned rectangle, 0 outside;
+    all zero with probability 1 - p. The rectangle's area is U(area) x size^2 and its aspect h / w is
+    U(ratio), drawn again (with a new position) until it fits inside the square."""
+    box = torch.zeros(size, size)
+    if random.random() > p:
+        return box
+    target = np.random.uniform(*area) * size * size
+    while True:
+        r = np.random.uniform(*ratio)
+        w, h = int(np.sqrt(target / r)), int(np.sqrt(target * r))
+        x, y = np.random.randint(0, size), np.random.randint(0, size)
+        if x + w <= size and y + h <= size:
+            break
+    box[y:y + h, x:x + w] = 1
+    return box
 
 
 _TO_TENSOR = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])

@@ -29,13 +29,16 @@ def save_checkpoint(obj, path):
         raise
 
 
-def resume(save_path, model, optimizer):
+def resume(save_path, model, optimizer, extra_modules=None):
     """Load ``latest.pth`` from ``save_path`` if it is there (the release's behaviour): model,
-    optimizer (momentum buffers and lr; moved to the parameters' device) and progress.
-    Returns the checkpoint dict, or None for a fresh run."""
+    optimizer (momentum / Adam buffers and lr; moved to the parameters' device), the method's extra
+    modules (``{entry: module}``, e.g. ``model_ema``) and progress. Returns the checkpoint dict, or None
+    for a fresh run."""
     path = Path(save_path) / "latest.pth"
     if not path.is_file():
         return None
     ckpt = load_checkpoint(getattr(model, "module", model), path)
+    for entry, module in (extra_modules or {}).items():
+        load_checkpoint(module, path, entry=entry)
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt

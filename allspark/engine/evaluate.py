@@ -6,25 +6,50 @@ import torch.nn.functional as F
 from .dist import all_reduce_sum
 from .metrics import intersection_and_union, mean_iou
 
-__all__ = ["predict", "sliding_window", "center_crop", "multiscale", "evaluate", "EVAL_MODES"]
+__all__ = ["predict", "sliding_window", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
 
 EVAL_MODES = ("original", "center_crop", "sliding_window", "multiscale")
 
 
-def sliding_window(model, img, window, num_classes):
-    """The release's sliding window: windows of ``window`` px (cut at the image border), stride
-    int(2/3 window), softmax probabilities summed. img (B, 3, H, W) -> scores (B, num_classes, H, W)."""
+def logits_at_any_size(model, img):
+    """``model(img)`` for an image of any size. A model that takes only multiples of
+    ``model.input_multiple`` (patch-14 encoders) gets the image resized bilinearly (align_corners True)
+    to the nearest multiples (int(H / m + 0.5) * m) and its logits resized back the same way, as UniMatch
+    V2's evaluation does; other models get the image as it is."""
+    m = getattr(model, "input_multiple", None)
+    h, w = img.shape[-2:]
+    if not m or (h % m == 0 and w % m == 0):
+        return model(img)
+    size = (max(int(h / m + 0.5), 1) * m, max(int(w / m + 0.5), 1) * m)
+    logits = model(F.interpolate(img, size=size, mode="bilinear", align_corners=True))
+    return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+
+
+def _window_starts(length, window, stride, aligned):
+    """Window starts along one side: every ``stride`` px, the last cut at the border (the AllSpark
+    release) or, with ``aligned``, moved back so that it ends at the border (the UniMatch V2 release)."""
+    if not aligned:
+        return list(range(0, length, stride))
+    starts, pos = [], 0
+    last = max(length - window, 0)
+    while True:
+        starts.append(pos)
+        if pos >= last:
+            return starts
+        pos = min(pos + stride, last)
+
+
+def sliding_window(model, img, window, num_classes, aligned=False):
+    """Sliding-window inference: windows of ``window`` px, stride int(2/3 window), softmax probabilities
+    summed. Edge windows are cut at the image border (the AllSpark release) or, with ``aligned``, shifted
+    back inside it (the UniMatch V2 release). img (B, 3, H, W) -> scores (B, num_classes, H, W)."""
     b, _, h, w = img.shape
     stride = int(window * 2 / 3)
     final = img.new_zeros(b, num_classes, h, w)
-    row = 0
-    while row < h:
-        col = 0
-        while col < w:
+    for row in _window_starts(h, window, stride, aligned):
+        for col in _window_starts(w, window, stride, aligned):
             rows, cols = slice(row, min(h, row + window)), slice(col, min(w, col + window))
-            final[:, :, rows, cols] += model(img[:, :, rows, cols]).softmax(dim=1)
-            col += stride
-        row += stride
+            final[:, :, rows, cols] += logits_at_any_size(model, img[:, :, rows, cols]).softmax(dim=1)
     return final
 
 
@@ -45,7 +70,7 @@ def multiscale(model, img, scales, flip):
         x = F.interpolate(img, size=size, mode="bilinear", align_corners=False) if scale != 1 else img
         views = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
         for view, flipped in views:
-            logits = model(view)
+            logits = logits_at_any_size(model, view)
             logits = logits.flip(-1) if flipped else logits
             total = total + F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(dim=1)
     return total
@@ -55,12 +80,13 @@ def predict(model, img, mask, cfg):
     """Class map (B, H', W') and the matching mask for one validation batch under cfg['eval_mode']."""
     mode = cfg["eval_mode"]
     if mode == "sliding_window":
-        return sliding_window(model, img, cfg["crop_size"], cfg["nclass"]).argmax(dim=1), mask
+        aligned = cfg["sliding_window_edges"] == "aligned"
+        return sliding_window(model, img, cfg["crop_size"], cfg["nclass"], aligned).argmax(dim=1), mask
     if mode == "center_crop":
         img, mask = center_crop(img, mask, cfg["crop_size"])
     if mode == "multiscale":
         return multiscale(model, img, cfg["eval_scales"], cfg["eval_flip"]).argmax(dim=1), mask
-    return model(img).argmax(dim=1), mask
+    return logits_at_any_size(model, img).argmax(dim=1), mask
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import load_config
+from ..methods import load_training_config
 from ..data import palette_of
 from ..data.transforms import MEAN, STD
 from ..models import build_model, load_checkpoint
@@ -55,14 +55,15 @@ def main(args):
     env = setup_distributed(getattr(args, "port", None))
     setup_logger(env.rank)
     try:
-        cfg = load_config(args.config, require_method=False)
+        cfg = load_training_config(args.config, require_method=False)
         if args.mode:
             cfg["eval_mode"] = args.mode
         model_cfg = copy.deepcopy(cfg["model"])
         model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False  # the checkpoint holds every weight
         model = build_model(model_cfg).to(env.device)
-        ckpt = load_checkpoint(model, args.checkpoint)
-        logger.info(f"checkpoint {args.checkpoint}: epoch {ckpt.get('epoch', '?')}, eval mode {cfg['eval_mode']}, "
+        entry = "model_ema" if getattr(args, "ema", False) else "model"
+        ckpt = load_checkpoint(model, args.checkpoint, entry=entry)
+        logger.info(f"checkpoint {args.checkpoint} ({entry}): epoch {ckpt.get('epoch', '?')}, eval mode {cfg['eval_mode']}, "
                     f"world size {env.world_size}, device {env.device}")
         val = build_val_loader(cfg, env)
         visualise = Visualiser(args.save_vis, cfg["dataset"], cfg["nclass"]) if args.save_vis else None

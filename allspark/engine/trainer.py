@@ -1,13 +1,10 @@
-"""The training loop of AllSpark and its two baselines, as in the release.
+"""The training loop, shared by every method (``allspark.methods``): what differs between methods
+(loaders' views, optimizer, losses, EMA teacher, evaluated models) is the method's.
 
-- ``allspark``: an eval-mode forward of the unlabeled batch (no grad) gives pseudo logits and their
-  argmax labels; a train-mode forward of cat(labeled, unlabeled) with those logits, S-Mem replacing
-  keys and values from ``warmup_epoch`` on; loss (CE or OHEM on labeled + CE on pseudo labels) / 2.
-- ``semi``: the same with the plain SegFormer decoder (plain pseudo-labelling).
-- ``sup``: the labeled list alone.
-
-SGD (momentum 0.9, weight decay 1e-4) with two groups, backbone at lr and the rest at lr x lr_multi;
-poly (power 0.9) set after every step over epochs x iterations per epoch.
+Per iteration: the method's losses under the config's autocast, backward, the optimizer step, the poly
+lr (power 0.9, over epochs x iterations per epoch) written after the step as the releases do, then the
+method's ``after_step`` (UniMatch V2's EMA). Every epoch is evaluated; ``latest.pth`` / ``best.pth``
+are written atomically and a run started again on the same save path resumes from ``latest.pth``.
 """
 import logging
 import math
@@ -20,8 +17,9 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError, load_config
-from ..data import CLASSES, PAD_UNLABELED, DataError
+from ..config import ConfigError
+from ..data import CLASSES, DataError
+from ..methods import get_method, load_training_config, to_device
 from ..models import build_model
 from ..models.allspark import ChannelAttention
 from .checkpoint import release_state_dict, resume, save_checkpoint
@@ -32,23 +30,19 @@ from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
 from .speed import autocast, compile_model, grad_scaler
 
-__all__ = ["main", "build_optimizer", "poly_lr", "compute_losses", "train_step"]
+__all__ = ["main", "poly_lr", "set_lr", "train_step"]
 
 logger = logging.getLogger("allspark")
 
 
-def build_optimizer(model, cfg):
-    """SGD with the backbone at lr and every other parameter at lr x lr_multi."""
-    backbone = list(model.backbone.parameters())
-    ids = {id(p) for p in backbone}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.SGD([{"params": backbone, "lr": cfg["lr"]},
-                            {"params": rest, "lr": cfg["lr"] * cfg["lr_multi"]}],
-                           lr=cfg["lr"], momentum=0.9, weight_decay=1e-4)
-
-
 def poly_lr(base_lr, iters, total_iters, power=0.9):
     return base_lr * (1 - iters / total_iters) ** power
+
+
+def set_lr(optimizer, lr, lr_multi):
+    """Group 0 (the backbone) at ``lr``, group 1 (the rest) at ``lr x lr_multi``."""
+    optimizer.param_groups[0]["lr"] = lr
+    optimizer.param_groups[1]["lr"] = lr * lr_multi
 
 
 def class_names(cfg):
@@ -56,25 +50,37 @@ def class_names(cfg):
     return names if names is not None and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
 
 
+def train_step(method, net, batch, optimizer, scaler, *, epoch, device, amp="none", **kwargs):
+    """One optimisation step of ``method``: its forward passes and losses on ``batch`` (moved to
+    ``device``) under the ``amp`` autocast, backward (through ``scaler``, a pass-through unless fp16),
+    the optimizer step. ``kwargs`` go to ``method.losses`` (e.g. UniMatch V2's ``comp_drop_mask``).
+    Returns the method's ``log_keys`` values as one detached tensor on the device: the caller reads
+    it with a single host synchronisation."""
+    with autocast(device, amp):
+        losses = method.losses(net, to_device(batch, device), epoch, **kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.stack([losses[k] for k in method.log_keys]).detach()
+
+
 @dataclass
-class Run:
-    """What the loop needs, built once by :func:`main`."""
+class _Run:
+    """What the loop of one training run works with, built once by :func:`_build_run`."""
     cfg: dict
     env: object
+    method: object
     model: nn.Module  # the bare model
-    net: nn.Module  # the model behind DDP (or the bare model for one process)
+    net: nn.Module  # the model behind DDP / torch.compile (or the bare model)
     optimizer: torch.optim.Optimizer
-    criterion_l: nn.Module
-    criterion_u: nn.Module
+    scaler: object
     loaders: dict
     save_path: Path
     seed: int
     tb: TensorBoard
-    scaler: torch.amp.GradScaler = None
-    warmup_epoch: int = 0
     total_iters: int = 0
-    previous_best: float = 0.0
-    best_epoch: int = 0
+    best: dict = field(default_factory=dict)  # eval tag -> (best mIoU, its epoch)
     names: list = field(default_factory=list)
 
     @property
@@ -82,57 +88,14 @@ class Run:
         return len(self.loaders["u" if "u" in self.loaders else "l"])
 
 
-def _to(device, *tensors):
-    return [t.to(device, non_blocking=True) for t in tensors]
-
-
-def compute_losses(run, batch, epoch):
-    """Forward of one iteration -> (loss, loss_x, loss_u)."""
-    cfg, net, device = run.cfg, run.net, run.env.device
-    if cfg["method"] == "sup":
-        img_x, mask_x = _to(device, *batch)
-        loss_x = run.criterion_l(net(img_x), mask_x)
-        return loss_x, loss_x, torch.zeros((), device=device)
-    (img_x, mask_x), (img_u, ignore_u) = batch
-    img_x, mask_x, img_u, ignore_u = _to(device, img_x, mask_x, img_u, ignore_u)
-    with torch.no_grad():
-        net.eval()
-        pseudo = net(img_u).detach()
-    net.train()
-    mask_u = pseudo.argmax(dim=1)
-    if cfg["ignore_unlabeled_padding"]:
-        mask_u = mask_u.masked_fill(ignore_u == PAD_UNLABELED, 255)  # (a boolean index would sync)
-    extra = {}
-    if cfg["method"] == "allspark":
-        extra = dict(pseudo_logits=pseudo, use_memory=epoch >= run.warmup_epoch)
-    preds = net(torch.cat((img_x, img_u)), **extra)
-    pred_x, pred_u = preds.split([img_x.shape[0], img_u.shape[0]])
-    loss_x = run.criterion_l(pred_x, mask_x)
-    loss_u = run.criterion_u(pred_u, mask_u)
-    return (loss_x + loss_u) / 2.0, loss_x, loss_u
-
-
-def train_step(run, batch, epoch):
-    """One optimisation step: the forward passes under the config's autocast, backward (through the
-    fp16 loss scaler when amp is fp16), SGD step. Returns (loss, loss_x, loss_u) as one detached
-    (3,) tensor on the device: the caller reads it with a single host synchronisation."""
-    with autocast(run.env.device, run.cfg["amp"]):
-        loss, loss_x, loss_u = compute_losses(run, batch, epoch)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return torch.stack([loss, loss_x, loss_u]).detach()
-
-
 def train_one_epoch(run, epoch):
-    cfg, optimizer = run.cfg, run.optimizer
+    cfg, method = run.cfg, run.method
     loaders = [run.loaders["l"]] + ([run.loaders["u"]] if "u" in run.loaders else [])
     for loader in loaders:
         loader.sampler.set_epoch(epoch)
-    seed_all(epoch_seed(run.seed, epoch, run.env.rank))  # dropout and drop-path in this process
+    seed_all(epoch_seed(run.seed, epoch, run.env.rank))  # dropout, drop-path, complementary dropout
     batches = zip(*loaders) if len(loaders) == 2 else loaders[0]
-    meters = {k: AverageMeter() for k in ("loss", "loss_x", "loss_u")}
+    meters = {k: AverageMeter() for k in method.log_keys}
     n = run.iters_per_epoch
     log_every = max(1, n // 8)
     images_per_iter = cfg["batch_size"] * len(loaders) * run.env.world_size
@@ -140,15 +103,16 @@ def train_one_epoch(run, epoch):
     start = time.time()
     for i, batch in enumerate(batches):
         iters = epoch * n + i
-        values = train_step(run, batch, epoch).tolist()  # the step's one host synchronisation
+        values = train_step(method, run.net, batch, run.optimizer, run.scaler, epoch=epoch, device=run.env.device,
+                            amp=cfg["amp"]).tolist()  # the step's one host synchronisation
         if not math.isfinite(values[0]):
             raise FloatingPointError(f"non-finite loss ({values[0]}) at epoch {epoch}, iteration {i} (global {iters}); "
                                      f"stopping, {run.save_path / 'latest.pth'} is left as it was")
         lr = poly_lr(cfg["lr"], iters, run.total_iters)
-        optimizer.param_groups[0]["lr"] = lr
-        optimizer.param_groups[1]["lr"] = lr * cfg["lr_multi"]
+        set_lr(run.optimizer, lr, cfg["lr_multi"])
+        method.after_step(run.model, iters)
 
-        for key, v in zip(("loss", "loss_x", "loss_u"), values):
+        for key, v in zip(method.log_keys, values):
             meters[key].update(v)
             run.tb.scalar(f"train/{key}", v, iters)
         run.tb.scalar("train/lr", lr, iters)
@@ -156,29 +120,43 @@ def train_one_epoch(run, epoch):
             elapsed = time.time() - start
             per_iter = elapsed / (i + 1)
             eta = per_iter * (run.total_iters - iters - 1)
-            logger.info(f"Iters: {i}/{n}, Total loss: {meters['loss'].avg:.3f}, Loss x: {meters['loss_x'].avg:.3f}, "
-                        f"Loss u: {meters['loss_u'].avg:.3f}, lr: {lr:.6f}, {images_per_iter / per_iter:.1f} img/s, "
+            shown = ", ".join(f"{label}: {meters[k].avg:.3f}" for k, label in method.log_keys.items())
+            logger.info(f"Iters: {i}/{n}, {shown}, lr: {lr:.6f}, {images_per_iter / per_iter:.1f} img/s, "
                         f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
 
 def _validate(run, epoch):
-    # Every rank evaluates with rank 0's buffers (BatchNorm statistics), as the release's DDP forward does.
-    broadcast_buffers(run.model)
-    miou, ious = evaluate(run.model, run.loaders["val"], run.cfg, run.env.device)
-    logger.info(format_iou_table(run.names, ious, miou, run.cfg["eval_mode"]))
-    run.tb.scalar("eval/mIoU", miou, epoch)
-    for name, iou in zip(run.names, ious):
-        run.tb.scalar(f"eval/IoU_{name.replace(' ', '_')}", iou, epoch)
-    return miou
+    """Evaluate every model the method names; returns {tag: mIoU}."""
+    scores = {}
+    for tag, module in run.method.eval_models(run.model):
+        # Every rank evaluates with rank 0's buffers (BatchNorm statistics), as the release's DDP forward does.
+        broadcast_buffers(module)
+        miou, ious = evaluate(module, run.loaders["val"], run.cfg, run.env.device)
+        suffix = f"_{tag}" if tag else ""
+        logger.info(format_iou_table(run.names, ious, miou, run.cfg["eval_mode"] + (f" ({tag.upper()})" if tag else "")))
+        run.tb.scalar(f"eval/mIoU{suffix}", miou, epoch)
+        for name, iou in zip(run.names, ious):
+            run.tb.scalar(f"eval/IoU_{name.replace(' ', '_')}{suffix}", iou, epoch)
+        scores[tag] = miou
+    return scores
 
 
-def _save(run, epoch, miou):
-    is_best = miou > run.previous_best
-    if is_best:
-        run.previous_best, run.best_epoch = miou, epoch
+def _save(run, epoch, scores):
+    """Track the best score of each evaluated model; write latest.pth, and best.pth when the model's
+    score is the best (ties count for methods with ``best_if_equal``)."""
+    is_best = False
+    for tag, miou in scores.items():
+        best, _ = run.best.get(tag, (0.0, 0))
+        if miou > best or (run.method.best_if_equal and miou == best):
+            run.best[tag] = (miou, epoch)
+            is_best = is_best or tag == ""
     if run.env.is_main:
-        ckpt = {"model": release_state_dict(run.model), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
-                "best_epoch": run.best_epoch, "previous_best": run.previous_best}
+        ckpt = {"model": release_state_dict(run.model), "optimizer": run.optimizer.state_dict(), "epoch": epoch}
+        for entry, module in run.method.extra_modules().items():
+            ckpt[entry] = release_state_dict(module)
+        for tag in scores:
+            suffix = f"_{tag}" if tag else ""
+            ckpt[f"best_epoch{suffix}"], ckpt[f"previous_best{suffix}"] = run.best.get(tag, (0.0, 0))[::-1]
         if run.scaler.is_enabled():
             ckpt["scaler"] = run.scaler.state_dict()
         save_checkpoint(ckpt, run.save_path / "latest.pth")
@@ -186,15 +164,18 @@ def _save(run, epoch, miou):
             save_checkpoint(ckpt, run.save_path / "best.pth")
 
 
-def _prepare_model(cfg, env):
+def _prepare_model(cfg, env, method_cls):
     model = build_model(cfg["model"])
+    if cfg["lock_backbone"]:
+        model.backbone.requires_grad_(False)
+        logger.info("lock_backbone: the encoder is frozen")
     if cfg["method"] == "allspark" and cfg["memory_sync"] == "gather":
         for m in model.modules():
             if isinstance(m, ChannelAttention):
                 m.gather_memory = True
     model.to(env.device)
     if env.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the release: fixed crop sizes
+        torch.backends.cudnn.benchmark = True  # as the releases: fixed crop sizes
     if env.world_size > 1 and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         logger.info("SyncBatchNorm: on (CUDA)")
@@ -204,7 +185,8 @@ def _prepare_model(cfg, env):
     net = model
     if env.world_size > 1:
         # DDP's default: rank 0's buffers (BatchNorm statistics, S-Mem) are broadcast at every forward.
-        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                      find_unused_parameters=method_cls.find_unused_parameters)
         # On the CPU the weight gradients of the depth-wise (O, 1, 3, 3) and 1x1 (O, I, 1, 1) convolutions
         # come back with other strides on their size-1 dimensions only: the same memory order as the
         # bucket view, so DDP's copy costs nothing extra, but DDP's strict stride check warns (once, for
@@ -220,9 +202,10 @@ def _prepare_model(cfg, env):
     return model, net
 
 
-def build_run(args, env):
-    cfg = load_config(args.config, args.method)
-    if cfg["method"] != "sup" and not args.unlabeled_id_path:
+def _build_run(args, env):
+    cfg = load_training_config(args.config, args.method)
+    method_cls = get_method(cfg["method"])
+    if method_cls.unlabeled_mode is not None and not args.unlabeled_id_path:
         raise ConfigError(f"method {cfg['method']!r} needs --unlabeled-id-path")
     save_path = Path(args.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
@@ -230,15 +213,15 @@ def build_run(args, env):
     logger.info(f"launcher {env.launcher}, world size {env.world_size}, device {env.device}, backend {env.backend}, "
                 f"seed {args.seed}")
     seed_all(args.seed)
-    model, net = _prepare_model(cfg, env)
+    model, net = _prepare_model(cfg, env, method_cls)
     logger.info(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
-    loaders = build_loaders(cfg, env, args.labeled_id_path, args.unlabeled_id_path, args.seed)
-    run = Run(cfg=cfg, env=env, model=model, net=net, optimizer=build_optimizer(model, cfg),
-              criterion_l=build_criterion(cfg["criterion"]).to(env.device),
-              criterion_u=nn.CrossEntropyLoss(ignore_index=255).to(env.device), loaders=loaders,
-              save_path=save_path, seed=args.seed, tb=TensorBoard(save_path, enabled=env.is_main),
-              scaler=grad_scaler(env.device, cfg["amp"]),
-              warmup_epoch=getattr(model.decoder, "warmup_epoch", 0), names=class_names(cfg))
+    method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
+    loaders = build_loaders(cfg, env, args.labeled_id_path, args.unlabeled_id_path, args.seed,
+                            method_cls.labeled_mode, method_cls.unlabeled_mode)
+    run = _Run(cfg=cfg, env=env, method=method, model=model, net=net,
+               optimizer=method.build_optimizer(model, cfg["lr"], cfg["lr_multi"]),
+               scaler=grad_scaler(env.device, cfg["amp"]), loaders=loaders, save_path=save_path, seed=args.seed,
+               tb=TensorBoard(save_path, enabled=env.is_main), names=class_names(cfg))
     if run.iters_per_epoch == 0:
         key = "u" if "u" in loaders else "l"
         raise DataError(f"the {'unlabeled' if key == 'u' else 'labeled'} list has {len(loaders[key].dataset)} "
@@ -247,28 +230,36 @@ def build_run(args, env):
     return run
 
 
+def _resume(run):
+    """Continue from ``latest.pth`` if the save path has one; returns the first epoch to train."""
+    ckpt = resume(run.save_path, run.model, run.optimizer, run.method.extra_modules())
+    if ckpt is None:
+        return 0
+    for tag, _ in run.method.eval_models(run.model):
+        suffix = f"_{tag}" if tag else ""
+        if f"previous_best{suffix}" in ckpt:
+            run.best[tag] = (ckpt[f"previous_best{suffix}"], ckpt.get(f"best_epoch{suffix}", ckpt["epoch"]))
+    if run.scaler.is_enabled() and "scaler" in ckpt:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    logger.info(f"resumed from {run.save_path / 'latest.pth'}: epoch {ckpt['epoch']} done, "
+                f"lr {run.optimizer.param_groups[0]['lr']:.8f}, best {run.best.get('', (0.0, 0))[0]:.2f}"
+                + (f", loss scale {run.scaler.get_scale():g}" if run.scaler.is_enabled() else ""))
+    return ckpt["epoch"] + 1
+
+
 def main(args):
-    """Train as ``train.py`` asks; returns the best mIoU."""
+    """Train as ``train.py`` asks; returns the best mIoU of the model."""
     env = setup_distributed(args.port)
     setup_logger(env.rank)
     try:
-        run = build_run(args, env)
-        start_epoch = 0
-        ckpt = resume(run.save_path, run.model, run.optimizer)
-        if ckpt is not None:
-            start_epoch = ckpt["epoch"] + 1
-            run.previous_best, run.best_epoch = ckpt["previous_best"], ckpt.get("best_epoch", ckpt["epoch"])
-            if run.scaler.is_enabled() and "scaler" in ckpt:
-                run.scaler.load_state_dict(ckpt["scaler"])
-            logger.info(f"resumed from {run.save_path / 'latest.pth'}: epoch {ckpt['epoch']} done, "
-                        f"lr {run.optimizer.param_groups[0]['lr']:.8f}, best {run.previous_best:.2f}"
-                        + (f", loss scale {run.scaler.get_scale():g}" if run.scaler.is_enabled() else ""))
-        for epoch in range(start_epoch, run.cfg["epochs"]):
-            logger.info(f"===========> Epoch: {epoch}, LR: {run.optimizer.param_groups[0]['lr']:.5f}, "
-                        f"Previous best: {run.previous_best:.2f} @epoch-{run.best_epoch}")
+        run = _build_run(args, env)
+        for epoch in range(_resume(run), run.cfg["epochs"]):
+            best = ", ".join(f"{tag.upper() or 'Previous best'}: {score:.2f} @epoch-{ep}" for tag, (score, ep) in
+                             ((tag, run.best.get(tag, (0.0, 0))) for tag, _ in run.method.eval_models(run.model)))
+            logger.info(f"===========> Epoch: {epoch}, LR: {run.optimizer.param_groups[0]['lr']:.5f}, {best}")
             train_one_epoch(run, epoch)
             _save(run, epoch, _validate(run, epoch))
         run.tb.close()
-        return run.previous_best
+        return run.best.get("", (0.0, 0))[0]
     finally:
         cleanup()

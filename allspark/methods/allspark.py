@@ -1,0 +1,34 @@
+"""``allspark``: the AllSpark release's recipe.
+
+The pseudo-labelling loop of ``semi`` with the AllSpark decoder: the training forward gets the pseudo
+logits (Channel Semantic Grouping and the S-Mem update) and, from the decoder's ``warmup_epoch`` on,
+the labeled half attends over S-Mem instead of the batch's unlabeled channels.
+"""
+from ..config import ConfigError
+from .semi import PseudoLabel
+
+__all__ = ["AllSparkMethod"]
+
+
+class AllSparkMethod(PseudoLabel):
+    name = "allspark"
+    decoders = ("allspark",)
+
+    def __init__(self, criterion_l, warmup_epoch, ignore_unlabeled_padding=False):
+        super().__init__(criterion_l, ignore_unlabeled_padding)
+        self.warmup_epoch = warmup_epoch
+
+    @classmethod
+    def check_config(cls, cfg, source="config"):
+        super().check_config(cfg, source)
+        image_size = (cfg["model"]["decoder"].get("kwargs") or {}).get("image_size")
+        if image_size != cfg["crop_size"]:
+            raise ConfigError(f"{source}: model.decoder.kwargs.image_size ({image_size}) must equal crop_size "
+                              f"({cfg['crop_size']}): S-Mem is sized for the training crop")
+
+    @classmethod
+    def from_config(cls, cfg, model, criterion_l):
+        return cls(criterion_l, model.decoder.warmup_epoch, cfg["ignore_unlabeled_padding"])
+
+    def forward_kwargs(self, pseudo, epoch):
+        return {"pseudo_logits": pseudo, "use_memory": epoch >= self.warmup_epoch}

@@ -1,0 +1,88 @@
+"""What every training method shares, and the hooks where methods differ.
+
+A method is one small object that owns what differs between recipes: which dataset views its loaders
+yield, its optimizer, its per-step losses, extra state (an EMA teacher), extra checkpoint entries and
+which models are evaluated. The trainer (``allspark.engine.trainer``) runs the rest the same way for all.
+"""
+import torch
+
+from ..config import ConfigError
+from ..models.builder import ALIASES
+
+__all__ = ["Method", "sgd_two_groups", "to_device"]
+
+
+def sgd_two_groups(model, lr, lr_multi):
+    """The AllSpark release's optimizer: SGD (momentum 0.9, weight decay 1e-4), the backbone's
+    parameters at ``lr`` and every other parameter at ``lr x lr_multi``."""
+    backbone = list(model.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.SGD([{"params": backbone, "lr": lr}, {"params": rest, "lr": lr * lr_multi}],
+                           lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def to_device(batch, device):
+    """A loader batch (tensors in nested tuples / lists) on ``device``."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch.to(device, non_blocking=True)
+
+
+class Method:
+    """Base class of the training methods; the class attributes describe the method to the trainer.
+
+    - ``name``: the config's ``method`` value; ``decoders``: the decoder types it trains.
+    - ``labeled_mode`` / ``unlabeled_mode``: the :class:`allspark.data.SemiDataset` modes of its two
+      training loaders (``unlabeled_mode`` None: the labeled list alone, one epoch = one pass over it).
+    - ``log_keys``: the values :meth:`losses` returns, in order, with their log labels; the first is
+      the loss that is minimised.
+    - ``config_keys``: the method's own config keys, in :data:`allspark.config.SCHEMA`'s format.
+    - ``best_if_equal``: whether an epoch that equals the best score becomes the best (UniMatch V2) or
+      must beat it (AllSpark).
+    - ``find_unused_parameters``: passed to DistributedDataParallel (parameters that get no gradient).
+    """
+
+    name = None
+    decoders = ()
+    labeled_mode = "train_l"
+    unlabeled_mode = "train_u"
+    log_keys = {"loss": "Total loss", "loss_x": "Loss x", "loss_u": "Loss u"}
+    config_keys = {}
+    best_if_equal = False
+    find_unused_parameters = False
+
+    @classmethod
+    def check_config(cls, cfg, source="config"):
+        """Raise ConfigError where the config cannot train this method (its decoder, its crop)."""
+        decoder = cfg["model"].get("decoder") or {}
+        dec_type = ALIASES.get(decoder.get("type"), decoder.get("type"))
+        if dec_type not in cls.decoders:
+            wanted = " or ".join(repr(d) for d in cls.decoders)
+            raise ConfigError(f"{source}: method {cls.name!r} trains the {wanted} decoder, but model.decoder.type "
+                              f"is {decoder.get('type')!r}")
+
+    @classmethod
+    def from_config(cls, cfg, model, criterion_l):
+        """The method for a checked config, its model (bare, on its device) and labeled loss."""
+        raise NotImplementedError
+
+    def build_optimizer(self, model, lr, lr_multi):
+        """The release's optimizer: SGD with two groups (see :func:`sgd_two_groups`)."""
+        return sgd_two_groups(model, lr, lr_multi)
+
+    def losses(self, net, batch, epoch, **kwargs):
+        """The forward passes of one step on a batch already on the device -> {key: scalar tensor} in
+        ``log_keys`` order. ``net`` is the training model (behind DDP / torch.compile)."""
+        raise NotImplementedError
+
+    def after_step(self, model, iters):
+        """Called after every optimizer step with the bare model and the global iteration."""
+
+    def eval_models(self, model):
+        """[(tag, module)] to evaluate each epoch; the tag '' is the model whose best is ``best.pth``."""
+        return [("", model)]
+
+    def extra_modules(self):
+        """{checkpoint entry: module} saved beside ``model`` and restored on resume (e.g. ``model_ema``)."""
+        return {}
