@@ -246,3 +246,20 @@ def test_method_keys_and_decoders_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"method must be one of \['sup', 'semi', 'allspark', 'unimatch_v2'\], "
                                           r"got 'fixmatch'"):
         load_training_config(write(tmp_path, text), method="fixmatch")
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "cityscapes", "coco"])
+def test_shipped_configs_build_the_releases_model(dataset):
+    """configs/<dataset>_unimatch_v2.yaml builds DINOv2-S + the small DPT head with the official file's keys."""
+    from allspark.config import PROJECT_ROOT
+
+    cfg = load_training_config(PROJECT_ROOT / "configs" / f"{dataset}_unimatch_v2.yaml")
+    cfg["model"]["backbone"]["kwargs"]["pretrained"] = False
+    model = build_model(cfg["model"])
+    state = model.backbone.state_dict()
+    assert tuple(state["pos_embed"].shape) == (1, 1370, 384) and tuple(state["mask_token"].shape) == (1, 384)
+    assert {k.split(".")[0] for k in state} == {"cls_token", "pos_embed", "mask_token", "patch_embed", "blocks", "norm"}
+    assert len(model.backbone.blocks) == 12 and model.backbone.layers == [2, 5, 8, 11]
+    assert sum(v.numel() for v in state.values()) == 22_056_576  # ViT-S/14 as DINOv2 publishes it
+    assert [m.out_channels for m in model.head.projects] == [48, 96, 192, 384]
+    assert model.head.scratch.output_conv[2].out_channels == cfg["nclass"]

@@ -61,7 +61,9 @@ def _signature(factory):
     target = getattr(factory, "target", factory)
     params = [p for p in inspect.signature(target).parameters.values() if p.name not in _FROM_BACKBONE]
     accepted = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
-    required = [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    supplied = getattr(factory, "preset", {})
+    required = [p.name for p in params
+                if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in supplied]
     return accepted, required
 
 

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from .presets import preset_factory
+
 __all__ = ["DINOv2", "DINOV2_PRESETS", "SwiGLU", "dinov2_small", "dinov2_base", "dinov2_large", "dinov2_giant",
            "PATCH_SIZE"]
 
@@ -118,16 +120,7 @@ DINOV2_PRESETS = {
 }
 
 
-def _preset_factory(name):
-    def factory(**overrides):
-        return DINOv2(**{**DINOV2_PRESETS[name], **overrides})
-    factory.__name__ = name
-    factory.__doc__ = f"DINOv2 preset {name}: {DINOV2_PRESETS[name]}; keyword arguments override it."
-    factory.target = DINOv2
-    return factory
-
-
-dinov2_small = _preset_factory("dinov2_small")
-dinov2_base = _preset_factory("dinov2_base")
-dinov2_large = _preset_factory("dinov2_large")
-dinov2_giant = _preset_factory("dinov2_giant")
+dinov2_small = preset_factory(DINOv2, DINOV2_PRESETS, "dinov2_small")
+dinov2_base = preset_factory(DINOv2, DINOV2_PRESETS, "dinov2_base")
+dinov2_large = preset_factory(DINOv2, DINOV2_PRESETS, "dinov2_large")
+dinov2_giant = preset_factory(DINOv2, DINOV2_PRESETS, "dinov2_giant")

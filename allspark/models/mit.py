@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
+from .presets import preset_factory
+
 __all__ = ["MixVisionTransformer", "MIT_PRESETS", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
 
 
@@ -195,18 +197,9 @@ for _preset in MIT_PRESETS.values():
         _preset.setdefault(_k, _v)
 
 
-def _preset_factory(name):
-    def factory(**overrides):
-        return MixVisionTransformer(**{**MIT_PRESETS[name], **overrides})
-    factory.__name__ = name
-    factory.__doc__ = f"MiT preset {name}: {MIT_PRESETS[name]}; keyword arguments override it."
-    factory.target = MixVisionTransformer
-    return factory
-
-
-mit_b0 = _preset_factory("mit_b0")
-mit_b1 = _preset_factory("mit_b1")
-mit_b2 = _preset_factory("mit_b2")
-mit_b3 = _preset_factory("mit_b3")
-mit_b4 = _preset_factory("mit_b4")
-mit_b5 = _preset_factory("mit_b5")
+mit_b0 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b0")
+mit_b1 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b1")
+mit_b2 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b2")
+mit_b3 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b3")
+mit_b4 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b4")
+mit_b5 = preset_factory(MixVisionTransformer, MIT_PRESETS, "mit_b5")
