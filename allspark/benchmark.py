@@ -99,7 +99,7 @@ def run_benchmark(args):
     cfg = load_training_config(args.config)
     args.amp = args.amp or cfg["amp"]
     args.compile = cfg["compile"] if args.compile is None else args.compile
-    cfg = {**cfg, "amp": args.amp, "ignore_unlabeled_padding": False}
+    cfg = {**cfg, "amp": args.amp}
     device = torch.device(args.device)
     torch.manual_seed(0)
     args.crop = args.crop or cfg["crop_size"]

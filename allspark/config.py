@@ -34,8 +34,6 @@ SCHEMA = {
     # so that every window is whole (the UniMatch V2 release)
     "sliding_window_edges": (False, str, "cut", ("cut", "aligned")),
     "lock_backbone": (False, bool, False, None),  # a frozen encoder (UniMatch V2's lock_backbone)
-    "ignore_unlabeled_padding": (False, bool, False, None),
-    "memory_sync": (False, str, "broadcast", ("broadcast", "gather")),
     # data loading (no effect on the numbers: every sample draws its augmentations from its own seed)
     "num_workers": (False, int, 2, None),
     "pin_memory": (False, bool, True, None),

@@ -21,7 +21,6 @@ from ..config import ConfigError
 from ..data import CLASSES, DataError
 from ..methods import get_method, load_training_config, to_device
 from ..models import build_model
-from ..models.allspark import ChannelAttention
 from .checkpoint import release_state_dict, resume, save_checkpoint
 from .dist import broadcast_buffers, cleanup, setup_distributed
 from .evaluate import evaluate
@@ -169,10 +168,7 @@ def _prepare_model(cfg, env, method_cls):
     if cfg["lock_backbone"]:
         model.backbone.requires_grad_(False)
         logger.info("lock_backbone: the encoder is frozen")
-    if cfg["method"] == "allspark" and cfg["memory_sync"] == "gather":
-        for m in model.modules():
-            if isinstance(m, ChannelAttention):
-                m.gather_memory = True
+    method_cls.configure_model(cfg, model)
     model.to(env.device)
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the releases: fixed crop sizes

@@ -5,6 +5,7 @@ logits (Channel Semantic Grouping and the S-Mem update) and, from the decoder's 
 the labeled half attends over S-Mem instead of the batch's unlabeled channels.
 """
 from ..config import ConfigError
+from ..models.allspark import ChannelAttention
 from .semi import PseudoLabel
 
 __all__ = ["AllSparkMethod"]
@@ -13,6 +14,9 @@ __all__ = ["AllSparkMethod"]
 class AllSparkMethod(PseudoLabel):
     name = "allspark"
     decoders = ("allspark",)
+    # broadcast (the release): DDP's buffer broadcast leaves every process rank 0's memory; gather: every
+    # process enqueues the unlabeled channels of all processes, in rank order
+    config_keys = {**PseudoLabel.config_keys, "memory_sync": (False, str, "broadcast", ("broadcast", "gather"))}
 
     def __init__(self, criterion_l, warmup_epoch, ignore_unlabeled_padding=False):
         super().__init__(criterion_l, ignore_unlabeled_padding)
@@ -25,6 +29,13 @@ class AllSparkMethod(PseudoLabel):
         if image_size != cfg["crop_size"]:
             raise ConfigError(f"{source}: model.decoder.kwargs.image_size ({image_size}) must equal crop_size "
                               f"({cfg['crop_size']}): S-Mem is sized for the training crop")
+
+    @classmethod
+    def configure_model(cls, cfg, model):
+        if cfg["memory_sync"] == "gather":
+            for m in model.modules():
+                if isinstance(m, ChannelAttention):
+                    m.gather_memory = True
 
     @classmethod
     def from_config(cls, cfg, model, criterion_l):

@@ -63,6 +63,10 @@ class Method:
                               f"is {decoder.get('type')!r}")
 
     @classmethod
+    def configure_model(cls, cfg, model):
+        """Adjust the freshly built model to the config before it is moved and wrapped (a no-op here)."""
+
+    @classmethod
     def from_config(cls, cfg, model, criterion_l):
         """The method for a checked config, its model (bare, on its device) and labeled loss."""
         raise NotImplementedError

@@ -16,6 +16,8 @@ __all__ = ["PseudoLabel"]
 class PseudoLabel(Method):
     name = "semi"
     decoders = ("segformer",)
+    # false (the release): padded pixels of unlabeled crops enter the unlabeled loss; true leaves them out
+    config_keys = {"ignore_unlabeled_padding": (False, bool, False, None)}
 
     def __init__(self, criterion_l, ignore_unlabeled_padding=False):
         self.criterion_l = criterion_l
