@@ -155,7 +155,8 @@ def _save(run, epoch, scores):
             ckpt[entry] = release_state_dict(module)
         for tag in scores:
             suffix = f"_{tag}" if tag else ""
-            ckpt[f"best_epoch{suffix}"], ckpt[f"previous_best{suffix}"] = run.best.get(tag, (0.0, 0))[::-1]
+            score, best_epoch = run.best.get(tag, (0.0, 0))
+            ckpt[f"best_epoch{suffix}"], ckpt[f"previous_best{suffix}"] = best_epoch, score
         if run.scaler.is_enabled():
             ckpt["scaler"] = run.scaler.state_dict()
         save_checkpoint(ckpt, run.save_path / "latest.pth")
