@@ -263,3 +263,12 @@ def test_shipped_configs_build_the_releases_model(dataset):
     assert sum(v.numel() for v in state.values()) == 22_056_576  # ViT-S/14 as DINOv2 publishes it
     assert [m.out_channels for m in model.head.projects] == [48, 96, 192, 384]
     assert model.head.scratch.output_conv[2].out_channels == cfg["nclass"]
+
+
+def test_a_longer_labeled_list_is_cut_for_allspark_and_kept_for_unimatch_v2(tmp_path):
+    root, lst, _ = make_tree(tmp_path, "pascal", n=5)
+    cut = SemiDataset("pascal", root, "train_l", size=16, id_path=lst, nsample=3)
+    kept = SemiDataset("pascal", root, "train_l_weak", size=16, id_path=lst, nsample=3, cut_longer=False)
+    assert (len(cut), len(kept)) == (3, 5)
+    tiled = SemiDataset("pascal", root, "train_l_weak", size=16, id_path=lst, nsample=12, cut_longer=False)
+    assert [s.image for s in tiled.samples] == [s.image for s in kept.samples] * 2 + [s.image for s in kept.samples][:2]

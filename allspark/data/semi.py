@@ -24,7 +24,8 @@ class SemiDataset(Dataset):
 
     - ``train_l``: (image (3, size, size) float32, mask (size, size) int64) after resize, crop
       (mask padded with 255), flip and the photometric transforms. With ``nsample`` the list is
-      tiled and cut to that length (the trainer passes the unlabeled list's length).
+      tiled and cut to that length (the trainer passes the unlabeled list's length); with
+      ``cut_longer`` False (UniMatch V2) a list longer than ``nsample`` is kept whole.
     - ``train_l_weak``: as ``train_l`` without the photometric transforms (UniMatch V2's labeled view).
     - ``train_u``: (image, ignore mask (size, size) int64: 254 where the crop was padded, else 0),
       geometric transforms only; the unlabeled mask file is not read.
@@ -39,7 +40,7 @@ class SemiDataset(Dataset):
     (index, seed): the augmentations then draw from that seed, whatever worker loads the sample.
     """
 
-    def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None):
+    def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None, cut_longer=True):
         if mode not in MODES:
             raise DataError(f"unknown dataset mode {mode!r}; valid modes: {list(MODES)}")
         if mode != "val" and not size:
@@ -55,7 +56,7 @@ class SemiDataset(Dataset):
             raise DataError(f"mode {mode!r} needs a split list (id_path)")
         self.name, self.mode, self.size, self.num_classes = name, mode, size, num_classes
         self.samples = read_list(id_path)
-        if mode.startswith("train_l") and nsample is not None:
+        if mode.startswith("train_l") and nsample is not None and (cut_longer or nsample > len(self.samples)):
             self.samples = (self.samples * math.ceil(nsample / len(self.samples)))[:nsample]
 
     def __len__(self):

@@ -68,11 +68,13 @@ def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
                       generator=torch.Generator().manual_seed(0), **extra)
 
 
-def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="train_l", unlabeled_mode="train_u"):
+def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="train_l", unlabeled_mode="train_u",
+                  cut_labeled=True):
     """Training and validation loaders: {'l': labeled, 'u': unlabeled, 'val': validation}, with the
     dataset modes a method asks for (``unlabeled_mode`` None: no unlabeled loader, as for 'sup').
     The labeled list is tiled to the unlabeled list's length, so one epoch is one pass over the
-    unlabeled list (over the labeled list without one)."""
+    unlabeled list (over the labeled list without one); a longer labeled list is cut to that length
+    (the AllSpark release) or, with ``cut_labeled`` False, kept whole (UniMatch V2's release)."""
     root, crop = resolve_path(cfg["data_root"]), cfg["crop_size"]
     loaders = {}
     nsample = None
@@ -81,7 +83,8 @@ def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="tr
         nsample = len(trainset_u)
         sampler_u = SeededSampler(trainset_u, env, seed, "unlabeled")
         loaders["u"] = _loader(trainset_u, cfg["batch_size"], sampler_u, cfg, env, drop_last=True)
-    trainset_l = SemiDataset(cfg["dataset"], root, labeled_mode, crop, labeled_list, nsample, num_classes=cfg["nclass"])
+    trainset_l = SemiDataset(cfg["dataset"], root, labeled_mode, crop, labeled_list, nsample, num_classes=cfg["nclass"],
+                             cut_longer=cut_labeled)
     sampler_l = SeededSampler(trainset_l, env, seed, "labeled")
     loaders["l"] = _loader(trainset_l, cfg["batch_size"], sampler_l, cfg, env, drop_last=True)
     loaders["val"] = build_val_loader(cfg, env)

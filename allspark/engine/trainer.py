@@ -214,7 +214,7 @@ def _build_run(args, env):
     logger.info(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
     loaders = build_loaders(cfg, env, args.labeled_id_path, args.unlabeled_id_path, args.seed,
-                            method_cls.labeled_mode, method_cls.unlabeled_mode)
+                            method_cls.labeled_mode, method_cls.unlabeled_mode, method_cls.cut_labeled)
     run = _Run(cfg=cfg, env=env, method=method, model=model, net=net,
                optimizer=method.build_optimizer(model, cfg["lr"], cfg["lr_multi"]),
                scaler=grad_scaler(env.device, cfg["amp"]), loaders=loaders, save_path=save_path, seed=args.seed,

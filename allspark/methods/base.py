@@ -35,6 +35,8 @@ class Method:
     - ``name``: the config's ``method`` value; ``decoders``: the decoder types it trains.
     - ``labeled_mode`` / ``unlabeled_mode``: the :class:`allspark.data.SemiDataset` modes of its two
       training loaders (``unlabeled_mode`` None: the labeled list alone, one epoch = one pass over it).
+    - ``cut_labeled``: a labeled list longer than the unlabeled one is cut to its length (the AllSpark
+      release) or kept whole (UniMatch V2's); a shorter one is tiled either way.
     - ``log_keys``: the values :meth:`losses` returns, in order, with their log labels; the first is
       the loss that is minimised.
     - ``config_keys``: the method's own config keys, in :data:`allspark.config.SCHEMA`'s format.
@@ -47,6 +49,7 @@ class Method:
     decoders = ()
     labeled_mode = "train_l"
     unlabeled_mode = "train_u"
+    cut_labeled = True
     log_keys = {"loss": "Total loss", "loss_x": "Loss x", "loss_u": "Loss u"}
     config_keys = {}
     best_if_equal = False

@@ -43,6 +43,7 @@ class UniMatchV2(Method):
     decoders = ("dpt",)
     labeled_mode = "train_l_weak"
     unlabeled_mode = "train_u_strong"
+    cut_labeled = False  # its dataset tiles a shorter labeled list only
     log_keys = {"loss": "Total loss", "loss_x": "Loss x", "loss_s": "Loss s", "mask_ratio": "Mask ratio"}
     config_keys = {"conf_thresh": (False, (int, float), 0.95, None)}
     best_if_equal = True
