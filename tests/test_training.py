@@ -107,6 +107,10 @@ def test_torchrun_two_processes(tmp_path, toy, method):
         assert not torch.equal(ckpt["model_ema"]["module.head.scratch.output_conv.2.weight"],
                                ckpt["model"]["module.head.scratch.output_conv.2.weight"])
         assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.01}, "AdamW"
+        for flag, expected in (([], mious(log)[-2]), (["--ema"], mious(log)[-1])):  # the last epoch's scores
+            out = run(["eval.py", "--config", str(cfg), "--checkpoint", str(save / "latest.pth"), *flag])
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert mious(out.stdout) == [expected], (flag, out.stdout[-500:])
     else:
         assert len(mious(log)) == 2
         assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
