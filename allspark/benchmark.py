@@ -135,7 +135,8 @@ def run_benchmark(args):
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
         "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
-        "num_class": num_class, "crop": args.crop, "batch_size": batch, "memory": args.memory, "amp": args.amp,
+        "num_class": num_class, "crop": args.crop, "batch_size": batch, "unlabeled": method_cls.unlabeled_mode is not None,
+        "memory": args.memory if hasattr(method, "warmup_epoch") else None, "amp": args.amp,
         "compile": args.compile, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -169,8 +170,8 @@ def main(argv=None):
     res = run_benchmark(args)
     t, e = res["train_step"], res["eval_forward"]
     print(f"{res['method']} {res['backbone']} K={res['num_class']} crop {res['crop']} batch {res['batch_size']}"
-          f"{' + ' + str(res['batch_size']) if res['method'] != 'sup' else ''}"
-          f"{' memory ' + res['memory'] if res['method'] == 'allspark' else ''} amp {res['amp']}"
+          f"{' + ' + str(res['batch_size']) if res['unlabeled'] else ''}"
+          f"{' memory ' + res['memory'] if res['memory'] else ''} amp {res['amp']}"
           f"{' compiled' if res['compile'] else ''} on {res['device']} ({res['threads']} threads)")
     print(f"train step : median {t['median_s']:.4f} s (min {t['min_s']:.4f}, max {t['max_s']:.4f}), "
           f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")
