@@ -78,16 +78,16 @@ def _summary(times, images):
             "steps_s": times}
 
 
-def synthetic_batch(method_cls, batch, crop, num_class, device):
+def synthetic_batch(method, batch, crop, num_class, device):
     """A training batch of random images shaped as the method's loaders yield it."""
     def images():
         return torch.randn(batch, 3, crop, crop, device=device)
 
     labeled = (images(), torch.randint(0, num_class, (batch, crop, crop), device=device))
-    if method_cls.unlabeled_mode is None:
+    if method.unlabeled_mode is None:
         return labeled
     ignore = torch.zeros(batch, crop, crop, dtype=torch.long, device=device)
-    if method_cls.unlabeled_mode == "train_u":
+    if method.unlabeled_mode == "train_u":
         return labeled, (images(), ignore)
     box = torch.zeros(batch, crop, crop, device=device)
     box[:, crop // 4:crop // 2, crop // 4:3 * crop // 4] = 1  # 1/8 of the crop, as an average CutMix box
@@ -116,8 +116,8 @@ def run_benchmark(args):
         method.warmup_epoch = 0 if args.memory == "on" else 1  # S-Mem is read from warmup_epoch on
     optimizer = method.build_optimizer(model, cfg["lr"], cfg["lr_multi"])
     scaler = grad_scaler(device, args.amp)
-    step_batch = synthetic_batch(method_cls, batch, args.crop, num_class, device)
-    img_x = step_batch[0] if method_cls.unlabeled_mode is None else step_batch[0][0]
+    step_batch = synthetic_batch(method, batch, args.crop, num_class, device)
+    img_x = step_batch[0] if method.unlabeled_mode is None else step_batch[0][0]
 
     def step():
         train_step(method, net, step_batch, optimizer, scaler, epoch=0, device=device, amp=args.amp)
@@ -129,13 +129,13 @@ def run_benchmark(args):
         with autocast(device, args.amp):
             net(img_x)
 
-    images_per_step = batch * (1 if method_cls.unlabeled_mode is None else 2)
+    images_per_step = batch * (1 if method.unlabeled_mode is None else 2)
     train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
         "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
-        "num_class": num_class, "crop": args.crop, "batch_size": batch, "unlabeled": method_cls.unlabeled_mode is not None,
+        "num_class": num_class, "crop": args.crop, "batch_size": batch, "unlabeled": method.unlabeled_mode is not None,
         "memory": args.memory if hasattr(method, "warmup_epoch") else None, "amp": args.amp,
         "compile": args.compile, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),

@@ -166,7 +166,8 @@ def test_release_recipes(name, values):
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup",
-                "unimatch_v2": "unimatch_v2"}[path.stem.split("_", 1)[1]]
+                "unimatch_v2": "unimatch_v2", "allspark_dinov2": "allspark",
+                "allspark_weak_to_strong": "allspark"}[path.stem.split("_", 1)[1]]
     assert cfg["method"] == expected
 
 

@@ -127,14 +127,50 @@ def test_torchrun_two_processes(tmp_path, toy, method):
         assert ptr.sum() > 0, "the semantic memory was written"
 
 
-@pytest.mark.parametrize("method", ["allspark", "unimatch_v2"])
-def test_killed_run_resumes_where_it_stopped(tmp_path, toy, method):
+# AllSpark with UniMatch V2's parts: EMA teacher, CutMixed strong views, confidence threshold, AdamW
+WEAK_TO_STRONG = dict(teacher="ema", strong_aug=True, conf_thresh=0.5, optimizer="adamw", lr=0.0005)
+
+
+TINY_DINOV2_ALLSPARK = {
+    "backbone": TINY_DPT["backbone"],
+    "decoder": {"type": "allspark", "kwargs": {"num_class": 5, "in_planes": [48] * 4, "image_size": 70,
+                                               "warmup_epoch": 1, "embedding_dim": 32, "head": "dpt", "features": 16,
+                                               "out_channels": [8, 16, 32, 32]}},
+}
+
+
+@pytest.mark.parametrize("options", [WEAK_TO_STRONG, dict(model=TINY_DINOV2_ALLSPARK, crop_size=70)],
+                         ids=["weak_to_strong", "dinov2_dpt"])
+def test_torchrun_allspark_options(tmp_path, toy, options):
+    """Two option sets of method allspark under torchrun: UniMatch V2's parts on MiT, and the bottleneck
+    on a (tiny) DINOv2 with the DPT head."""
+    cfg = write_config(tmp_path / "c.yaml", toy, "allspark", **options)
+    save = tmp_path / "run"
+    out = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", *train_args(cfg, toy, save)])
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    ckpt = torch.load(save / "latest.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["model"]["module.decoder.allspark.attn.queue_ptr"].sum() > 0
+    if "teacher" in options:
+        assert len(mious(log)) == 4 and "model_ema" in ckpt and "previous_best_ema" in ckpt
+        assert re.search(r"Loss u: [0-9.]+, Mask ratio: [0-9.]+, lr", log)
+        assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.01}, "AdamW"
+    else:
+        assert len(mious(log)) == 2 and "model_ema" not in ckpt
+        assert ckpt["model"]["module.decoder.allspark.attn.kv_queue"].shape == (5, 48, 25)
+        assert "module.decoder.head.projects.0.weight" in ckpt["model"]
+
+
+@pytest.mark.parametrize("method, options", [("allspark", {}), ("unimatch_v2", {}), ("allspark", WEAK_TO_STRONG)],
+                         ids=["allspark", "unimatch_v2", "allspark_weak_to_strong"])
+def test_killed_run_resumes_where_it_stopped(tmp_path, toy, method, options):
     """A run killed in its second epoch and restarted ends exactly where an uninterrupted run ends
-    (UniMatch V2: the EMA teacher and AdamW's state too)."""
+    (with an EMA teacher: the teacher and AdamW's state too)."""
     lists = make_toy_dataset(tmp_path / "data", seed=2, num_train=44, num_val=2, num_labeled=4, min_size=64,
                              max_size=72)
     data = SimpleNamespace(root=tmp_path / "data", **{k: str(v) for k, v in lists.items()})
-    cfg = write_config(tmp_path / "c.yaml", data, method, num_workers=1)  # persistent workers: per-sample seeds
+    cfg = write_config(tmp_path / "c.yaml", data, method, num_workers=1, **options)  # persistent workers
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run(train_args(cfg, data, whole)).returncode == 0
 
@@ -156,7 +192,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, toy, method):
     a = torch.load(whole / "latest.pth", weights_only=True)
     b = torch.load(broken / "latest.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 1
-    for entry in ("model", "model_ema") if method == "unimatch_v2" else ("model",):
+    assert ("model_ema" in a) == (method == "unimatch_v2" or "teacher" in options)
+    for entry in [e for e in ("model", "model_ema") if e in a]:
         assert set(a[entry]) == set(b[entry])
         for key, value in a[entry].items():
             assert torch.equal(value, b[entry][key]), (entry, key)

@@ -182,8 +182,12 @@ def _prepare_model(cfg, env, method_cls):
     net = model
     if env.world_size > 1:
         # DDP's default: rank 0's buffers (BatchNorm statistics, S-Mem) are broadcast at every forward.
+        # Parameters that never get a gradient (DINOv2's mask_token, the DPT head's first unit of its deepest
+        # fusion block) make DDP wait for them unless it looks for unused parameters, as the releases let it.
+        unused = method_cls.find_unused_parameters or any(getattr(m, "has_unused_parameters", False)
+                                                          for m in model.modules())
         net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                      find_unused_parameters=method_cls.find_unused_parameters)
+                                      find_unused_parameters=unused)
         # On the CPU the weight gradients of the depth-wise (O, 1, 3, 3) and 1x1 (O, I, 1, 1) convolutions
         # come back with other strides on their size-1 dimensions only: the same memory order as the
         # bucket view, so DDP's copy costs nothing extra, but DDP's strict stride check warns (once, for
@@ -214,7 +218,7 @@ def _build_run(args, env):
     logger.info(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
     loaders = build_loaders(cfg, env, args.labeled_id_path, args.unlabeled_id_path, args.seed,
-                            method_cls.labeled_mode, method_cls.unlabeled_mode, method_cls.cut_labeled)
+                            method.labeled_mode, method.unlabeled_mode, method.cut_labeled)
     run = _Run(cfg=cfg, env=env, method=method, model=model, net=net,
                optimizer=method.build_optimizer(model, cfg["lr"], cfg["lr_multi"]),
                scaler=grad_scaler(env.device, cfg["amp"]), loaders=loaders, save_path=save_path, seed=args.seed,

@@ -9,7 +9,7 @@ import torch
 from ..config import ConfigError
 from ..models.builder import ALIASES
 
-__all__ = ["Method", "sgd_two_groups", "to_device"]
+__all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "to_device"]
 
 
 def sgd_two_groups(model, lr, lr_multi):
@@ -20,6 +20,16 @@ def sgd_two_groups(model, lr, lr_multi):
     rest = [p for p in model.parameters() if id(p) not in ids]
     return torch.optim.SGD([{"params": backbone, "lr": lr}, {"params": rest, "lr": lr * lr_multi}],
                            lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def adamw_two_groups(model, lr, lr_multi):
+    """UniMatch V2's optimizer: AdamW (betas 0.9 / 0.999, weight decay 0.01 on every parameter), the
+    backbone's trainable parameters at ``lr`` (a locked backbone is left out) and every parameter whose
+    name has no 'backbone' at ``lr x lr_multi``."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for name, p in model.named_parameters() if "backbone" not in name]
+    return torch.optim.AdamW([{"params": backbone, "lr": lr}, {"params": head, "lr": lr * lr_multi}],
+                             lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
 
 
 def to_device(batch, device):
@@ -42,7 +52,8 @@ class Method:
     - ``config_keys``: the method's own config keys, in :data:`allspark.config.SCHEMA`'s format.
     - ``best_if_equal``: whether an epoch that equals the best score becomes the best (UniMatch V2) or
       must beat it (AllSpark).
-    - ``find_unused_parameters``: passed to DistributedDataParallel (parameters that get no gradient).
+    - ``find_unused_parameters``: DistributedDataParallel's, also turned on by a model with parameters
+      that get no gradient (modules with ``has_unused_parameters``).
     """
 
     name = None

@@ -12,30 +12,14 @@ AdamW (betas 0.9 / 0.999, weight decay 0.01) with the backbone at lr and the hea
 the step the poly lr (set by the trainer) and the EMA update with ratio min(1 - 1 / (iters + 1), 0.996)
 over parameters and buffers (a copy of the model at iteration 0). Model and EMA are evaluated each epoch.
 """
-import copy
-
 import torch
 import torch.nn as nn
 
 from ..data import IGNORE_INDEX
-from .base import Method
+from .base import Method, adamw_two_groups
+from .weak_to_strong import EMATeacher, cutmix, ema_ratio, masked_unlabeled_loss
 
 __all__ = ["UniMatchV2", "cutmix", "ema_ratio"]
-
-
-def cutmix(x, box):
-    """Inside ``box`` (B, H, W, 1 = mixed) image i takes the values of image B-1-i (the batch flipped),
-    computed from the unmixed batch. x: (B, H, W) or (B, C, H, W)."""
-    box = box.bool()
-    if x.dim() == 4:
-        box = box.unsqueeze(1)
-    return torch.where(box, x.flip(0), x)
-
-
-def ema_ratio(iters):
-    """The release's EMA ratio at global iteration ``iters``: 0 at iteration 0 (a copy), then 1 - 1 / (iters
-    + 1) up to 0.996."""
-    return min(1 - 1 / (iters + 1), 0.996)
 
 
 class UniMatchV2(Method):
@@ -47,14 +31,13 @@ class UniMatchV2(Method):
     log_keys = {"loss": "Total loss", "loss_x": "Loss x", "loss_s": "Loss s", "mask_ratio": "Mask ratio"}
     config_keys = {"conf_thresh": (False, (int, float), 0.95, None)}
     best_if_equal = True
-    # head.scratch.refinenet4.resConfUnit1 and backbone.mask_token never get a gradient (as in the release)
-    find_unused_parameters = True
+    find_unused_parameters = True  # the release's DDP setting
 
     def __init__(self, criterion_l, conf_thresh=0.95):
         self.criterion_l = criterion_l
         self.criterion_u = nn.CrossEntropyLoss(reduction="none")
         self.conf_thresh = float(conf_thresh)
-        self.ema = None
+        self.teacher = self.ema = None
 
     @classmethod
     def from_config(cls, cfg, model, criterion_l):
@@ -64,31 +47,23 @@ class UniMatchV2(Method):
 
     def setup(self, model):
         """The EMA teacher: a frozen copy of ``model`` (bare, on its device), kept in eval mode."""
-        self.ema = copy.deepcopy(model).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
+        self.teacher = EMATeacher(model)
+        self.ema = self.teacher.module
         return self.ema
 
     def build_optimizer(self, model, lr, lr_multi):
-        backbone = [p for p in model.backbone.parameters() if p.requires_grad]  # lock_backbone leaves it out
-        head = [p for name, p in model.named_parameters() if "backbone" not in name]
-        return torch.optim.AdamW([{"params": backbone, "lr": lr}, {"params": head, "lr": lr * lr_multi}],
-                                 lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
+        return adamw_two_groups(model, lr, lr_multi)
 
     def unlabeled_loss(self, pred, mask, conf, ignore):
         """Pixel CE on the confident, non-ignored pixels, divided by the count of all non-ignored pixels."""
-        valid = ignore != IGNORE_INDEX
-        loss = self.criterion_u(pred, mask) * ((conf >= self.conf_thresh) & valid)
-        return loss.sum() / valid.sum()
+        return masked_unlabeled_loss(self.criterion_u(pred, mask), conf, self.conf_thresh, ignore != IGNORE_INDEX)
 
     def losses(self, net, batch, epoch, comp_drop_mask=None):
         """``comp_drop_mask`` (2B, D) replaces the complementary-dropout draw (tests inject the release's)."""
         (img_x, mask_x), (img_u_w, img_u_s1, img_u_s2, ignore_mask, box1, box2) = batch
-        with torch.no_grad():
-            self.ema.eval()
-            pred_u_w = self.ema(img_u_w).detach()
-            conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
-            mask_u_w = pred_u_w.argmax(dim=1)
+        pred_u_w = self.teacher.predict(img_u_w)
+        conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
+        mask_u_w = pred_u_w.argmax(dim=1)
         img_u_s1, img_u_s2 = cutmix(img_u_s1, box1), cutmix(img_u_s2, box2)
         net.train()
         pred_x = net(img_x)
@@ -102,14 +77,9 @@ class UniMatchV2(Method):
         mask_ratio = ((conf_u_w >= self.conf_thresh) & valid).sum() / valid.sum()  # un-mixed, for the log
         return {"loss": (loss_x + loss_u_s) / 2.0, "loss_x": loss_x, "loss_s": loss_u_s, "mask_ratio": mask_ratio}
 
-    @torch.no_grad()
     def after_step(self, model, iters):
         """EMA update of every parameter and buffer (after the optimizer step)."""
-        ratio = ema_ratio(iters)
-        for p, e in zip(model.parameters(), self.ema.parameters()):
-            e.copy_(e * ratio + p.detach() * (1 - ratio))
-        for b, e in zip(model.buffers(), self.ema.buffers()):
-            e.copy_(e * ratio + b.detach() * (1 - ratio))
+        self.teacher.update(model, iters)
 
     def eval_models(self, model):
         return [("", model), ("ema", self.ema)]

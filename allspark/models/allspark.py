@@ -13,9 +13,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dpt import DPTHead
 from .segformer_head import SegFormerHead
 
-__all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes"]
+__all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes",
+           "memory_tokens"]
 
 
 def _attention_weights(q, k):
@@ -103,8 +105,9 @@ class SemanticMemory(nn.Module):
         """
         if channels.shape[-1] != self.patch_num:
             raise ValueError(
-                f"S-Mem stores {self.patch_num} tokens per channel (image_size // 32 + 1) ** 2, but this training "
-                f"stage-4 map has {channels.shape[-1]} tokens: train with crops of the decoder's image_size")
+                f"S-Mem stores {self.patch_num} tokens per channel (the deepest map of a training crop of the "
+                f"decoder's image_size), but this training map has {channels.shape[-1]} tokens: train with crops "
+                f"of the decoder's image_size")
         K, slots, N = self.kv_queue.shape
         target, source, count = fifo_writes(classes.reshape(-1), self.queue_ptr, slots)
         maps = channels.reshape(-1, N)[source].to(self.kv_queue.dtype)
@@ -223,22 +226,45 @@ class AllSpark(nn.Module):
         return self.map_out(out)
 
 
+def memory_tokens(image_size, patch_size=None):
+    """The token count of the deepest map of a training crop, S-Mem's ``patch_num``: the release's
+    (image_size // 32 + 1) ** 2 for MiT (stride 32 with padded convolutions), (image_size / p) ** 2 for a
+    patch-p encoder (the crop must be a multiple of p)."""
+    if patch_size is None:
+        return (image_size // 32 + 1) ** 2
+    if image_size % patch_size:
+        raise ValueError(f"AllSpark: image_size {image_size} must be a multiple of the encoder's patch size {patch_size}")
+    return (image_size // patch_size) ** 2
+
+
 class AllSparkDecoder(nn.Module):
     """Decoder type ``allspark`` (the release's ``model.semseg.allspark.SemiDecoder``): the AllSpark
-    bottleneck on the stage-4 map, then the SegFormer head.
+    bottleneck on the deepest of the four encoder maps, then the SegFormer head (``head: segformer``, the
+    release) or the DPT head (``head: dpt``, with ``features``, ``out_channels``, ``use_bn``).
 
-    ``forward(feats, pseudo_logits, use_memory)`` with the four stage maps returns logits at stride 4.
-    ``warmup_epoch`` is kept for the trainer, which turns the memory on from that epoch.
-    ``patch_num`` = (image_size // 32 + 1) ** 2, the stage-4 token count of a training crop.
+    ``forward(feats, pseudo_logits, use_memory)`` with four maps (B, in_planes[i], h_i, w_i) returns
+    logits at the head's resolution (SegFormer: the first map's size; DPT: 8x a patch encoder's grid).
+    ``warmup_epoch`` is kept for the trainer, which turns the memory on from that epoch. ``patch_size``
+    (the builder passes the encoder's, None for MiT) sizes S-Mem (:func:`memory_tokens`).
     """
 
     def __init__(self, num_class, in_planes, image_size, warmup_epoch, num_heads=2, embedding_dim=768,
-                 attention_dropout=0.1):
+                 attention_dropout=0.1, head="segformer", features=256, out_channels=(256, 512, 1024, 1024),
+                 use_bn=False, patch_size=None):
         super().__init__()
+        if head not in ("segformer", "dpt"):
+            raise ValueError(f"AllSpark: head must be 'segformer' or 'dpt', got {head!r}")
+        if head == "dpt" and (patch_size is None or len(set(in_planes)) != 1):
+            raise ValueError("AllSpark: head 'dpt' needs a patch encoder (dinov2*) whose four maps have one width")
         self.warmup_epoch = warmup_epoch
-        self.allspark = AllSpark(in_planes[-1], num_heads, num_class, (image_size // 32 + 1) ** 2, attention_dropout)
-        self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
+        self.allspark = AllSpark(in_planes[-1], num_heads, num_class, memory_tokens(image_size, patch_size),
+                                 attention_dropout)
+        if head == "segformer":
+            self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
+        else:
+            self.head = DPTHead(num_class, in_planes[0], features, use_bn, out_channels)
 
     def forward(self, feats, pseudo_logits=None, use_memory=False):
         c1, c2, c3, c4 = feats
-        return self.decoder([c1, c2, c3, self.allspark(c4, pseudo_logits, use_memory)])
+        maps = [c1, c2, c3, self.allspark(c4, pseudo_logits, use_memory)]
+        return self.decoder(maps) if hasattr(self, "decoder") else self.head.decode(maps)

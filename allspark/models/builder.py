@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from . import dinov2, mit
 from .allspark import AllSparkDecoder
-from .dpt import DPT, DPTHead
+from .dpt import DPT, DPTHead, tokens_to_maps
 from .segformer_head import SegFormerDecoder
 from .weights import PRETRAINED_FILES, load_pretrained_backbone
 
@@ -33,7 +33,7 @@ ALIASES = {
 # Keywords every backbone accepts besides its constructor's: where to take pretrained weights from.
 _BACKBONE_EXTRA = ("pretrained",)
 # Constructor arguments the builder takes from the encoder, not from the config.
-_FROM_BACKBONE = ("in_channels",)
+_FROM_BACKBONE = ("in_channels", "patch_size")
 
 
 class Segmentor(nn.Module):
@@ -44,15 +44,21 @@ class Segmentor(nn.Module):
     train mode with equal halves, p the eval-mode logits of the unlabeled half.
     """
 
-    input_multiple = None  # any input size (evaluation does not resize)
-
     def __init__(self, backbone, decoder):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
 
+    @property
+    def input_multiple(self):
+        """Evaluation resizes images to multiples of a patch encoder's patch size (None: any size)."""
+        return getattr(self.backbone, "patch_size", None)
+
     def forward(self, x, pseudo_logits=None, use_memory=False):
-        logits = self.decoder(self.backbone(x), pseudo_logits=pseudo_logits, use_memory=use_memory)
+        feats = self.backbone(x)
+        if self.input_multiple:  # a patch encoder's token maps -> (B, D, h, w) maps on its grid
+            feats = tokens_to_maps(feats, x.shape[-2] // self.input_multiple, x.shape[-1] // self.input_multiple)
+        logits = self.decoder(feats, pseudo_logits=pseudo_logits, use_memory=use_memory)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -125,7 +131,12 @@ def build_model(model_cfg):
         if in_planes != getattr(backbone, "embed_dims", None):
             raise ConfigError(f"model.decoder.kwargs.in_planes {in_planes} differs from the backbone's "
                               f"embed_dims {getattr(backbone, 'embed_dims', None)} ({bb_name})")
-        model = Segmentor(backbone, DECODERS[dec_name](**dec_kwargs))
+        extra = {"patch_size": backbone.patch_size} if dec_name == "allspark" and hasattr(backbone, "patch_size") else {}
+        try:
+            decoder = DECODERS[dec_name](**dec_kwargs, **extra)
+        except ValueError as exc:
+            raise ConfigError(f"model.decoder ({dec_name}): {exc}") from None
+        model = Segmentor(backbone, decoder)
     if pretrained:
         load_pretrained_backbone(backbone, pretrained, preset=bb_name if bb_name in PRETRAINED_FILES else None)
     return model

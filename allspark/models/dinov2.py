@@ -51,6 +51,8 @@ class DINOv2(VisionTransformer):
     token is dropped. ``embed_dim`` and ``patch_size`` tell the decoder what it gets.
     """
 
+    has_unused_parameters = True  # mask_token gets no gradient (DDP must be told)
+
     def __init__(self, embed_dim, depth, num_heads, layers, mlp_ratio=4.0, ffn="mlp", img_size=518,
                  init_values=1.0, drop_path_rate=0.0, interpolate_offset=0.1, interpolate_antialias=False):
         layers = [int(i) for i in layers]
@@ -72,6 +74,11 @@ class DINOv2(VisionTransformer):
         self.patch_size = PATCH_SIZE
         self.interpolate_offset = interpolate_offset
         self.interpolate_antialias = interpolate_antialias
+
+    @property
+    def embed_dims(self):
+        """The widths of the maps it returns (one per chosen layer), as MiT's ``embed_dims``."""
+        return [self.embed_dim] * len(self.layers)
 
     def interpolate_pos_encoding(self, h, w):
         """DINOv2's position embedding for an h x w patch grid: (1, 1 + h * w, D). At the trained grid

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DPTHead", "DPT", "complementary_dropout_mask", "ResidualConvUnit", "FeatureFusionBlock"]
+__all__ = ["DPTHead", "DPT", "complementary_dropout_mask", "tokens_to_maps", "ResidualConvUnit", "FeatureFusionBlock"]
 
 
 class ResidualConvUnit(nn.Module):
@@ -61,6 +61,8 @@ class DPTHead(nn.Module):
     3x3 conv, fused from the deepest up (each fusion doubles the size), then 3x3 conv, ReLU, 1x1 classifier.
     ``in_channels`` is the encoder's width (the builder passes it)."""
 
+    has_unused_parameters = True  # scratch.refinenet4.resConfUnit1 gets no gradient (DDP must be told)
+
     def __init__(self, num_class, in_channels, features=256, use_bn=False, out_channels=(256, 512, 1024, 1024)):
         super().__init__()
         out_channels = [int(c) for c in out_channels]
@@ -83,20 +85,28 @@ class DPTHead(nn.Module):
 
     def layers(self, tokens, h, w):
         """The four maps after projection and resizing (``layer_1`` .. ``layer_4`` of the release)."""
-        out = []
-        for x, project, resize in zip(tokens, self.projects, self.resize_layers):
-            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[-1], h, w)
-            out.append(resize(project(x)))
-        return out
+        return self._resized(tokens_to_maps(tokens, h, w))
+
+    def _resized(self, maps):
+        return [resize(project(x)) for x, project, resize in zip(maps, self.projects, self.resize_layers)]
 
     def forward(self, tokens, h, w):
+        return self.decode(tokens_to_maps(tokens, h, w))
+
+    def decode(self, maps):
+        """The head on four (B, in_channels, h, w) maps of the token grid -> (B, num_class, 8 h, 8 w)."""
         s = self.scratch
-        l1, l2, l3, l4 = [getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(self.layers(tokens, h, w), start=1)]
+        l1, l2, l3, l4 = [getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(self._resized(maps), start=1)]
         path = s.refinenet4(l4, size=l3.shape[2:])
         path = s.refinenet3(path, l3, size=l2.shape[2:])
         path = s.refinenet2(path, l2, size=l1.shape[2:])
         path = s.refinenet1(path, l1)
         return s.output_conv(path)
+
+
+def tokens_to_maps(tokens, h, w):
+    """(B, h * w, D) token maps (token n at row n // w, column n % w) -> (B, D, h, w) maps."""
+    return [t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], h, w) for t in tokens]
 
 
 def complementary_dropout_mask(batch, dim, generator=None):
