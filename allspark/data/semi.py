@@ -15,6 +15,9 @@ from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize,
 __all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED"]
 
 MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
+# Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
+# ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
+REDUCE_ZERO_LABEL = ("ade20k",)
 IGNORE_INDEX = 255
 PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
 
@@ -35,7 +38,8 @@ class SemiDataset(Dataset):
       (:func:`cutmix_box`).
     - ``val``: (full image, full mask, image path as id), no augmentation.
 
-    ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, toy);
+    ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, ade20k, toy);
+    ADE20K's masks are read with reduce-zero-label (0 = other -> 255, class k -> k - 1);
     mask values that are neither a class nor 255 raise DataError. An index may come as
     (index, seed): the augmentations then draw from that seed, whatever worker loads the sample.
     """
@@ -78,6 +82,13 @@ class SemiDataset(Dataset):
                 raise DataError(f"sample {sample.source}: image is {image_size[0]}x{image_size[1]} but mask {path} "
                                 f"is {m.size[0]}x{m.size[1]}")
             mask = np.array(m)
+        if self.name in REDUCE_ZERO_LABEL:
+            if (mask == IGNORE_INDEX).any():
+                raise DataError(f"mask {path} (listed at {sample.source}) holds {IGNORE_INDEX}: it looks already shifted "
+                                f"(reduce-zero-label applied). {self.name} masks are read as the official annotations "
+                                f"store them (0 = other, 1..{self.num_classes} the classes) and shifted here; use those")
+            mask = mask.astype(np.int64) - 1
+            mask[mask < 0] = IGNORE_INDEX
         bad = mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)]
         if bad.size:
             raise DataError(f"mask {path} (listed at {sample.source}) has values {np.unique(bad)[:10].tolist()} that "
