@@ -34,6 +34,8 @@ SCHEMA = {
     # so that every window is whole (the UniMatch V2 release)
     "sliding_window_edges": (False, str, "cut", ("cut", "aligned")),
     "lock_backbone": (False, bool, False, None),  # a frozen encoder (UniMatch V2's lock_backbone)
+    # log the accuracy of the pseudo labels when every mask of the unlabeled list is there (never trained on)
+    "pseudo_label_accuracy": (False, bool, True, None),
     # data loading (no effect on the numbers: every sample draws its augmentations from its own seed)
     "num_workers": (False, int, 2, None),
     "pin_memory": (False, bool, True, None),

@@ -194,3 +194,19 @@ def test_unknown_dataset_needs_num_classes(tmp_path):
         SemiDataset("pascal", tmp_path, "train", id_path=tmp_path / "l.txt")
     with pytest.raises(DataError, match=r"mode 'train_l' needs a crop size"):
         SemiDataset("pascal", tmp_path, "train_l", id_path=tmp_path / "l.txt")
+
+
+@pytest.mark.parametrize("mode", ["train_u", "train_u_strong"])
+def test_unlabeled_truth_is_the_labeled_crop_when_asked_for(tmp_path, mode):
+    """unlabeled_labels: the true labels of the unlabeled crop come last (255 where padded), with the same
+    geometry as a labeled crop drawn with the same seed; without it, or with a mask missing, nothing is read."""
+    root, lst, _ = make_tree(tmp_path, "pascal", w=30, h=20)
+    for seed in range(4):
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        items = SemiDataset("pascal", root, mode, size=48, id_path=lst, unlabeled_labels=True)[0]
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        _, mask = SemiDataset("pascal", root, "train_l_weak", size=48, id_path=lst)[0]
+        assert len(items) == (3 if mode == "train_u" else 7) and torch.equal(items[-1], mask)
+    assert len(SemiDataset("pascal", root, mode, size=48, id_path=lst)[0]) == (2 if mode == "train_u" else 6)
+    next((root / "SegmentationClass").iterdir()).unlink()
+    assert not SemiDataset("pascal", root, mode, size=48, id_path=lst, unlabeled_labels=True).with_labels

@@ -98,7 +98,7 @@ def test_torchrun_two_processes(tmp_path, toy, method):
     if method == "unimatch_v2":  # the model and the EMA teacher are evaluated every epoch, both bests kept
         assert len(mious(log)) == 4 and log.count("Evaluation original (EMA) ***** >>>> MeanIoU") == 2
         assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss s: [0-9.]+, Mask ratio: "
-                         r"[0-9.]+, lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
+                         r"[0-9.]+, Pseudo acc: [0-9.]+, lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
         assert set(ckpt) == {"model", "model_ema", "optimizer", "epoch", "best_epoch", "previous_best",
                              "best_epoch_ema", "previous_best_ema"}
         assert round(ckpt["previous_best"], 2) == max(mious(log)[0::2])
@@ -113,8 +113,9 @@ def test_torchrun_two_processes(tmp_path, toy, method):
             assert mious(out.stdout) == [expected], (flag, out.stdout[-500:])
     else:
         assert len(mious(log)) == 2
-        assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, lr: [0-9.]+, "
-                         r"[0-9.]+ img/s, ETA", log)
+        pseudo_acc = "" if method == "sup" else r"Pseudo acc: [0-9.]+, "  # the toy's unlabeled masks are there
+        assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, " + pseudo_acc +
+                         r"lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
         assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best"}
         assert round(ckpt["previous_best"], 2) == max(mious(log))
     assert ckpt["epoch"] == 1
@@ -154,7 +155,7 @@ def test_torchrun_allspark_options(tmp_path, toy, options):
     assert ckpt["epoch"] == 1 and ckpt["model"]["module.decoder.allspark.attn.queue_ptr"].sum() > 0
     if "teacher" in options:
         assert len(mious(log)) == 4 and "model_ema" in ckpt and "previous_best_ema" in ckpt
-        assert re.search(r"Loss u: [0-9.]+, Mask ratio: [0-9.]+, lr", log)
+        assert re.search(r"Loss u: [0-9.]+, Mask ratio: [0-9.]+, Pseudo acc: [0-9.]+, lr", log)
         assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.01}, "AdamW"
     else:
         assert len(mious(log)) == 2 and "model_ema" not in ckpt

@@ -38,13 +38,18 @@ class SemiDataset(Dataset):
       (:func:`cutmix_box`).
     - ``val``: (full image, full mask, image path as id), no augmentation.
 
+    With ``unlabeled_labels`` and every mask of an unlabeled list present (``with_labels``), the unlabeled
+    modes also return the crop's true labels (255 where padded) as a last item, only to measure the
+    pseudo labels; they never enter a loss.
+
     ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, ade20k, toy);
     ADE20K's masks are read with reduce-zero-label (0 = other -> 255, class k -> k - 1);
     mask values that are neither a class nor 255 raise DataError. An index may come as
     (index, seed): the augmentations then draw from that seed, whatever worker loads the sample.
     """
 
-    def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None, cut_longer=True):
+    def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None, cut_longer=True,
+                 unlabeled_labels=False):
         if mode not in MODES:
             raise DataError(f"unknown dataset mode {mode!r}; valid modes: {list(MODES)}")
         if mode != "val" and not size:
@@ -62,6 +67,9 @@ class SemiDataset(Dataset):
         self.samples = read_list(id_path)
         if mode.startswith("train_l") and nsample is not None and (cut_longer or nsample > len(self.samples)):
             self.samples = (self.samples * math.ceil(nsample / len(self.samples)))[:nsample]
+        # unlabeled_labels: read the masks of an unlabeled list if every one is there (stat calls only)
+        self.with_labels = bool(mode.startswith("train_u") and unlabeled_labels
+                                and all((self.root / s.mask).is_file() for s in self.samples))
 
     def __len__(self):
         return len(self.samples)
@@ -103,7 +111,7 @@ class SemiDataset(Dataset):
         unlabeled = self.mode.startswith("train_u")
         with Image.open(self._file(sample.image, sample, "image")) as im:
             img = im.convert("RGB")
-        if unlabeled:
+        if unlabeled and not self.with_labels:
             mask = Image.fromarray(np.zeros((img.size[1], img.size[0]), dtype=np.uint8))
         else:
             mask = self._load_mask(sample, img.size)
@@ -116,13 +124,22 @@ class SemiDataset(Dataset):
         img, mask = hflip(img, mask, p=0.5)
         if self.mode == "train_l":
             img = photometric(img)
-        if self.mode != "train_u_strong":
+        if not unlabeled:
             return normalize(img, mask)
+        if self.mode == "train_u":
+            img, mask = normalize(img, mask)
+            padded = mask == PAD_UNLABELED
+            return (img, padded.long() * PAD_UNLABELED) + self._truth(mask, padded)
         # UniMatch V2: the weak view and two strong views, each strong view with its own colour draws and box
         img_s1 = photometric(img)
         box1 = cutmix_box(self.size)
         img_s2 = photometric(img)
         box2 = cutmix_box(self.size)
         img_w, mask = normalize(img, mask)
-        ignore = (mask == PAD_UNLABELED).long() * IGNORE_INDEX
-        return img_w, normalize(img_s1), normalize(img_s2), ignore, box1, box2
+        padded = mask == PAD_UNLABELED
+        views = (img_w, normalize(img_s1), normalize(img_s2), padded.long() * IGNORE_INDEX, box1, box2)
+        return views + self._truth(mask, padded)
+
+    def _truth(self, mask, padded):
+        """(the crop's true labels with 255 where padded,) when the unlabeled masks are read, else ()."""
+        return (mask.masked_fill(padded, IGNORE_INDEX),) if self.with_labels else ()

@@ -69,17 +69,19 @@ def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
 
 
 def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="train_l", unlabeled_mode="train_u",
-                  cut_labeled=True):
+                  cut_labeled=True, unlabeled_labels=False):
     """Training and validation loaders: {'l': labeled, 'u': unlabeled, 'val': validation}, with the
     dataset modes a method asks for (``unlabeled_mode`` None: no unlabeled loader, as for 'sup').
     The labeled list is tiled to the unlabeled list's length, so one epoch is one pass over the
     unlabeled list (over the labeled list without one); a longer labeled list is cut to that length
-    (the AllSpark release) or, with ``cut_labeled`` False, kept whole (UniMatch V2's release)."""
+    (the AllSpark release) or, with ``cut_labeled`` False, kept whole (UniMatch V2's release). With
+    ``unlabeled_labels`` the unlabeled batches carry the true labels when the list's masks are all there."""
     root, crop = resolve_path(cfg["data_root"]), cfg["crop_size"]
     loaders = {}
     nsample = None
     if unlabeled_mode is not None:
-        trainset_u = SemiDataset(cfg["dataset"], root, unlabeled_mode, crop, unlabeled_list, num_classes=cfg["nclass"])
+        trainset_u = SemiDataset(cfg["dataset"], root, unlabeled_mode, crop, unlabeled_list, num_classes=cfg["nclass"],
+                                 unlabeled_labels=unlabeled_labels)
         nsample = len(trainset_u)
         sampler_u = SeededSampler(trainset_u, env, seed, "unlabeled")
         loaders["u"] = _loader(trainset_u, cfg["batch_size"], sampler_u, cfg, env, drop_last=True)

@@ -218,7 +218,10 @@ def _build_run(args, env):
     logger.info(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
     loaders = build_loaders(cfg, env, args.labeled_id_path, args.unlabeled_id_path, args.seed,
-                            method.labeled_mode, method.unlabeled_mode, method.cut_labeled)
+                            method.labeled_mode, method.unlabeled_mode, method.cut_labeled, cfg["pseudo_label_accuracy"])
+    if "u" in loaders and loaders["u"].dataset.with_labels:
+        method.track_pseudo_accuracy()
+        logger.info("pseudo-label accuracy: logged (the unlabeled list's masks are there; they are never trained on)")
     run = _Run(cfg=cfg, env=env, method=method, model=model, net=net,
                optimizer=method.build_optimizer(model, cfg["lr"], cfg["lr_multi"]),
                scaler=grad_scaler(env.device, cfg["amp"]), loaders=loaders, save_path=save_path, seed=args.seed,

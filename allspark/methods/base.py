@@ -9,7 +9,7 @@ import torch
 from ..config import ConfigError
 from ..models.builder import ALIASES
 
-__all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "to_device"]
+__all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "label_accuracy", "to_device"]
 
 
 def sgd_two_groups(model, lr, lr_multi):
@@ -30,6 +30,12 @@ def adamw_two_groups(model, lr, lr_multi):
     head = [p for name, p in model.named_parameters() if "backbone" not in name]
     return torch.optim.AdamW([{"params": backbone, "lr": lr}, {"params": head, "lr": lr * lr_multi}],
                              lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+def label_accuracy(labels, truth, ignore_index=255):
+    """Share of the pixels with a known true label (``truth`` != ignore) whose ``labels`` are right."""
+    known = truth != ignore_index
+    return ((labels == truth) & known).sum() / known.sum().clamp_min(1)
 
 
 def to_device(batch, device):
@@ -84,6 +90,19 @@ class Method:
     def from_config(cls, cfg, model, criterion_l):
         """The method for a checked config, its model (bare, on its device) and labeled loss."""
         raise NotImplementedError
+
+    pseudo_accuracy = False  # the unlabeled batches end with their true labels (see track_pseudo_accuracy)
+
+    def track_pseudo_accuracy(self):
+        """The unlabeled batches end with the crops' true labels (255 = unknown or padded): log the share of
+        pixels whose pseudo label is right (``pseudo_acc``). The trainer calls this when the unlabeled list
+        has masks."""
+        self.pseudo_accuracy = True
+        self.log_keys = {**self.log_keys, "pseudo_acc": "Pseudo acc"}
+
+    def split_truth(self, unlabeled):
+        """(the unlabeled batch without its true labels, the labels or None)."""
+        return (unlabeled[:-1], unlabeled[-1]) if self.pseudo_accuracy else (unlabeled, None)
 
     def build_optimizer(self, model, lr, lr_multi):
         """The release's optimizer: SGD with two groups (see :func:`sgd_two_groups`)."""

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, PAD_UNLABELED
-from .base import Method, adamw_two_groups
+from .base import Method, adamw_two_groups, label_accuracy
 from .weak_to_strong import EMATeacher, cutmix, masked_unlabeled_loss
 
 __all__ = ["PseudoLabel"]
@@ -66,6 +66,7 @@ class PseudoLabel(Method):
 
     def losses(self, net, batch, epoch, **kwargs):
         (img_x, mask_x), unlabeled = batch
+        unlabeled, truth = self.split_truth(unlabeled)
         if self.strong_aug:  # weak view, strong view 1 (the second is not used), ignore mask (255), box 1
             img_w, img_u, _, ignore_u, box, _ = unlabeled
             padded = ignore_u == IGNORE_INDEX
@@ -82,7 +83,7 @@ class PseudoLabel(Method):
         net.train()
         mask_u = pseudo.argmax(dim=1)
         conf = pseudo.softmax(dim=1).max(dim=1)[0] if self.conf_thresh > 0 else None
-        stats = {}
+        stats = {} if truth is None else {"pseudo_acc": label_accuracy(mask_u, truth)}
         if conf is not None:  # the share of confident counted pixels, before CutMix (UniMatch's log)
             counted = ~padded if self.ignore_unlabeled_padding else torch.ones_like(padded)
             stats["mask_ratio"] = ((conf >= self.conf_thresh) & counted).sum() / counted.sum()

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..data import IGNORE_INDEX
-from .base import Method, adamw_two_groups
+from .base import Method, adamw_two_groups, label_accuracy
 from .weak_to_strong import EMATeacher, cutmix, ema_ratio, masked_unlabeled_loss
 
 __all__ = ["UniMatchV2", "cutmix", "ema_ratio"]
@@ -60,7 +60,8 @@ class UniMatchV2(Method):
 
     def losses(self, net, batch, epoch, comp_drop_mask=None):
         """``comp_drop_mask`` (2B, D) replaces the complementary-dropout draw (tests inject the release's)."""
-        (img_x, mask_x), (img_u_w, img_u_s1, img_u_s2, ignore_mask, box1, box2) = batch
+        (img_x, mask_x), unlabeled = batch
+        (img_u_w, img_u_s1, img_u_s2, ignore_mask, box1, box2), truth = self.split_truth(unlabeled)
         pred_u_w = self.teacher.predict(img_u_w)
         conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
         mask_u_w = pred_u_w.argmax(dim=1)
@@ -75,7 +76,10 @@ class UniMatchV2(Method):
         loss_u_s = (loss_u_s1 + loss_u_s2) / 2.0
         valid = ignore_mask != IGNORE_INDEX
         mask_ratio = ((conf_u_w >= self.conf_thresh) & valid).sum() / valid.sum()  # un-mixed, for the log
-        return {"loss": (loss_x + loss_u_s) / 2.0, "loss_x": loss_x, "loss_s": loss_u_s, "mask_ratio": mask_ratio}
+        losses = {"loss": (loss_x + loss_u_s) / 2.0, "loss_x": loss_x, "loss_s": loss_u_s, "mask_ratio": mask_ratio}
+        if truth is not None:
+            losses["pseudo_acc"] = label_accuracy(mask_u_w, truth)
+        return losses
 
     def after_step(self, model, iters):
         """EMA update of every parameter and buffer (after the optimizer step)."""
