@@ -41,6 +41,9 @@ def _model_cfg(cfg, args):
         backbone["type"] = args.backbone
         if args.backbone in MIT_PRESETS:
             decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
+        elif "in_planes" in decoder["kwargs"]:  # a DINOv2 preset under the allspark / segformer decoders
+            preset = DINOV2_PRESETS[args.backbone]
+            decoder["kwargs"]["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
     if args.num_class:
         decoder["kwargs"]["num_class"] = args.num_class
     if decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
