@@ -37,8 +37,8 @@ def _model_cfg(cfg, args):
     model_cfg = copy.deepcopy(cfg["model"])
     backbone, decoder = model_cfg["backbone"], model_cfg["decoder"]
     backbone.setdefault("kwargs", {})["pretrained"] = False  # random weights time the same
-    if args.backbone:
-        backbone["type"] = args.backbone
+    if args.backbone:  # a preset: its own keywords, not the config's encoder's
+        backbone["type"], backbone["kwargs"] = args.backbone, {"pretrained": False}
         if args.backbone in MIT_PRESETS:
             decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
         elif "in_planes" in decoder["kwargs"]:  # a DINOv2 preset under the allspark / segformer decoders
