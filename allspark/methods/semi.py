@@ -85,7 +85,7 @@ class PseudoLabel(Method):
         conf = pseudo.softmax(dim=1).max(dim=1)[0] if self.conf_thresh > 0 else None
         stats = {} if truth is None else {"pseudo_acc": label_accuracy(mask_u, truth)}
         if conf is not None:  # the share of confident counted pixels, before CutMix (UniMatch's log)
-            counted = ~padded if self.ignore_unlabeled_padding else torch.ones_like(padded)
+            counted = self._counted(padded)
             stats["mask_ratio"] = ((conf >= self.conf_thresh) & counted).sum() / counted.sum()
         if self.strong_aug:
             img_u, pseudo, mask_u, padded = (cutmix(t, box) for t in (img_u, pseudo, mask_u, padded))
@@ -99,9 +99,12 @@ class PseudoLabel(Method):
             loss_u = self.criterion_u(pred_u, mask_u)
         else:
             pixel = F.cross_entropy(pred_u, mask_u, ignore_index=IGNORE_INDEX, reduction="none")
-            counted = ~padded if self.ignore_unlabeled_padding else torch.ones_like(padded)
-            loss_u = masked_unlabeled_loss(pixel, conf, self.conf_thresh, counted)
+            loss_u = masked_unlabeled_loss(pixel, conf, self.conf_thresh, self._counted(padded))
         return {"loss": (loss_x + loss_u) / 2.0, "loss_x": loss_x, "loss_u": loss_u, **stats}
+
+    def _counted(self, padded):
+        """The unlabeled pixels that count in the loss: all (the release) or the unpadded ones."""
+        return ~padded if self.ignore_unlabeled_padding else torch.ones_like(padded)
 
     def after_step(self, model, iters):
         if self.teacher is not None:
