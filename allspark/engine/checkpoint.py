@@ -39,6 +39,6 @@ def resume(save_path, model, optimizer, extra_modules=None):
         return None
     ckpt = load_checkpoint(getattr(model, "module", model), path)
     for entry, module in (extra_modules or {}).items():
-        load_checkpoint(module, path, entry=entry)
+        load_checkpoint(module, path, entry=entry, ckpt=ckpt)  # the file is read once
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt

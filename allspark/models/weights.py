@@ -109,17 +109,19 @@ def load_pretrained_backbone(backbone, spec, preset=None):
     return path
 
 
-def load_checkpoint(model, path, entry="model"):
+def load_checkpoint(model, path, entry="model", ckpt=None):
     """Load the ``entry`` of a checkpoint (``model``, or ``model_ema`` for UniMatch V2's EMA teacher;
     this project's or the release's, with or without DDP's ``module.`` prefix; a bare state dict is
-    accepted too) into ``model``, strictly.
+    accepted too) into ``model``, strictly. ``ckpt``: the file's contents when the caller has read it
+    already (``path`` then only names it in errors).
 
     Returns the whole checkpoint dict (``epoch``, ``optimizer``, ... where present). A file whose keys
     or shapes do not fit raises WeightsError with the counts and the first few names."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    ckpt = _read(path)
+    if ckpt is None:
+        if not path.is_file():
+            raise WeightsError(f"checkpoint not found: {path}")
+        ckpt = _read(path)
     if entry != "model" and not (isinstance(ckpt, dict) and isinstance(ckpt.get(entry), dict)):
         found = list(ckpt)[:_SHOW] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise WeightsError(f"checkpoint {path} has no {entry!r} entry (it holds {found})")
