@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from .dist import all_reduce_sum
 from .metrics import intersection_and_union, mean_iou
 
-__all__ = ["predict", "sliding_window", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
+__all__ = ["predict", "sliding_window", "window_grid", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
 
 EVAL_MODES = ("original", "center_crop", "sliding_window", "multiscale")
 
@@ -25,11 +25,17 @@ def logits_at_any_size(model, img):
     return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
 
 
-def _window_starts(length, window, stride, aligned):
+def _window_starts(length, window, stride, aligned, min_size=1):
     """Window starts along one side: every ``stride`` px, the last cut at the border (the AllSpark
-    release) or, with ``aligned``, moved back so that it ends at the border (the UniMatch V2 release)."""
+    release) or, with ``aligned``, moved back so that it ends at the border (the UniMatch V2 release).
+    A cut edge window shorter than ``min_size`` (the model cannot take it: the release fails there) is
+    moved back to end at the border too, and dropped if that repeats a window."""
     if not aligned:
-        return list(range(0, length, stride))
+        starts = list(range(0, length, stride))
+        if len(starts) > 1 and length - starts[-1] < min_size:
+            shifted = max(length - window, 0)
+            starts = starts[:-1] if shifted in starts else starts[:-1] + [shifted]
+        return starts
     starts, pos = [], 0
     last = max(length - window, 0)
     while True:
@@ -39,17 +45,23 @@ def _window_starts(length, window, stride, aligned):
         pos = min(pos + stride, last)
 
 
+def window_grid(h, w, window, aligned=False, min_size=1):
+    """The (row, col) starts of the sliding windows over an h x w image (stride int(2/3 window))."""
+    stride = int(window * 2 / 3)
+    return [(r, c) for r in _window_starts(h, window, stride, aligned, min_size)
+            for c in _window_starts(w, window, stride, aligned, min_size)]
+
+
 def sliding_window(model, img, window, num_classes, aligned=False):
     """Sliding-window inference: windows of ``window`` px, stride int(2/3 window), softmax probabilities
     summed. Edge windows are cut at the image border (the AllSpark release) or, with ``aligned``, shifted
-    back inside it (the UniMatch V2 release). img (B, 3, H, W) -> scores (B, num_classes, H, W)."""
+    back inside it (the UniMatch V2 release); a cut edge window narrower than the model's
+    ``min_input_size`` is shifted back too. img (B, 3, H, W) -> scores (B, num_classes, H, W)."""
     b, _, h, w = img.shape
-    stride = int(window * 2 / 3)
     final = img.new_zeros(b, num_classes, h, w)
-    for row in _window_starts(h, window, stride, aligned):
-        for col in _window_starts(w, window, stride, aligned):
-            rows, cols = slice(row, min(h, row + window)), slice(col, min(w, col + window))
-            final[:, :, rows, cols] += logits_at_any_size(model, img[:, :, rows, cols]).softmax(dim=1)
+    for row, col in window_grid(h, w, window, aligned, getattr(model, "min_input_size", 1)):
+        rows, cols = slice(row, min(h, row + window)), slice(col, min(w, col + window))
+        final[:, :, rows, cols] += logits_at_any_size(model, img[:, :, rows, cols]).softmax(dim=1)
     return final
 
 

@@ -54,6 +54,11 @@ class Segmentor(nn.Module):
         """Evaluation resizes images to multiples of a patch encoder's patch size (None: any size)."""
         return getattr(self.backbone, "patch_size", None)
 
+    @property
+    def min_input_size(self):
+        """The shortest image side the model takes (1 where evaluation resizes to the patch grid)."""
+        return 1 if self.input_multiple else getattr(self.backbone, "min_input_size", 1)
+
     def forward(self, x, pseudo_logits=None, use_memory=False):
         feats = self.backbone(x)
         if self.input_multiple:  # a patch encoder's token maps -> (B, D, h, w) maps on its grid

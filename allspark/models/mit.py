@@ -135,6 +135,7 @@ class MixVisionTransformer(nn.Module):
                 raise ValueError(f"MiT: {name} must have 4 entries (one per stage), got {list(value)}")
         self.embed_dims = list(embed_dims)
         self.depths = list(depths)
+        self.sr_ratios = list(sr_ratios)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         # Registration order (all patch embeddings, then blocks and norms per stage) is SegFormer's,
@@ -167,6 +168,21 @@ class MixVisionTransformer(nn.Module):
             m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 m.bias.data.zero_()
+
+    @property
+    def min_input_size(self):
+        """The shortest image side the encoder takes: at every stage the map must be at least as large as
+        that stage's spatial-reduction kernel (``sr_ratio``); MiT's defaults need 29 px."""
+        side = 1
+        while True:
+            size, ok = side, True
+            for i, sr in enumerate(self.sr_ratios):
+                k, stride = (7, 4) if i == 0 else (3, 2)  # the patch embeddings' kernels and strides
+                size = (size + 2 * (k // 2) - k) // stride + 1
+                ok = ok and size >= sr
+            if ok:
+                return side
+            side += 1
 
     def forward(self, x):
         B = x.shape[0]
