@@ -19,6 +19,9 @@ def parse_args(argv=None):
     parser.add_argument("--mode", choices=EVAL_MODES, default=None, help="overrides the config's eval_mode")
     parser.add_argument("--ema", action="store_true", help="score the checkpoint's EMA teacher (model_ema, UniMatch V2)")
     parser.add_argument("--save-vis", default=None, help="write image | ground truth | prediction PNGs here")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, read as YAML and checked like the file: --opts lr=0.01 epochs=2 "
+                             "criterion.kwargs.min_kept=50000")
     parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

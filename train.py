@@ -20,6 +20,9 @@ def parse_args(argv=None):
     parser.add_argument("--save-path", required=True, help="folder for checkpoints and TensorBoard logs")
     parser.add_argument("--method", default=None, choices=list(METHODS),
                         help="overrides the config's method")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, read as YAML and checked like the file: --opts lr=0.01 epochs=2 "
+                             "criterion.kwargs.min_kept=50000")
     parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)

@@ -6,11 +6,22 @@ depend on the working directory.
 """
 from pathlib import Path
 
+import logging
+
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "load_config", "check_config", "resolve_path", "PROJECT_ROOT", "SCHEMA"]
+__all__ = ["ConfigError", "load_yaml", "load_config", "check_config", "resolve_path", "apply_overrides",
+           "drop_release_keys", "PROJECT_ROOT", "SCHEMA", "RELEASE_KEYS", "IGNORE_INDEX"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+IGNORE_INDEX = 255  # the ignore label inside the project: masks, losses and metrics
+
+logger = logging.getLogger("allspark")
+
+# Keys of the releases' own config files that this project reads but that have no effect, with why.
+RELEASE_KEYS = {
+    "criterion_u": "the unlabeled loss is the method's own (the releases' cross-entropy with ignore 255)",
+}
 
 _NUMBER = (int, float)
 # key: (required, accepted types, default, allowed values or None)
@@ -18,7 +29,7 @@ SCHEMA = {
     "method": (False, str, None, None),  # checked against the registry in allspark.methods
     "dataset": (True, str, None, None),
     "data_root": (True, str, None, None),
-    "val_id_path": (True, str, None, None),
+    "val_id_path": (False, str, None, None),  # default splits/<dataset>/val.txt, where the releases read it
     "nclass": (True, int, None, None),
     "crop_size": (True, int, None, None),
     "epochs": (True, int, None, None),
@@ -27,6 +38,11 @@ SCHEMA = {
     "lr_multi": (True, _NUMBER, None, None),
     "criterion": (True, dict, None, None),
     "model": (True, dict, None, None),
+    # the dataset's description (a dataset of your own needs no code: see README)
+    "classes": (False, list, None, None),  # class names, nclass of them (logs, per-class IoU)
+    "palette": (False, list, None, None),  # [[r, g, b], ...] per class (predictions, visualisations)
+    "ignore_index": (False, int, IGNORE_INDEX, None),  # the masks' ignore value, read as 255
+    "reduce_zero_label": (False, bool, None, None),  # 0 -> ignore, k -> k - 1 (default: true for ade20k only)
     "eval_mode": (False, str, "original", ("original", "center_crop", "sliding_window", "multiscale")),
     "eval_scales": (False, list, [0.75, 1.0, 1.25, 1.5], None),
     "eval_flip": (False, bool, True, None),
@@ -96,11 +112,66 @@ def check_config(cfg, source="config", extra=None):
     for key in ("nclass", "crop_size", "epochs", "batch_size", "num_workers", "prefetch_factor"):
         if out[key] < (0 if key == "num_workers" else 1):
             raise ConfigError(f"{source}: {key} must be positive, got {out[key]}")
+    if out["val_id_path"] is None:
+        out["val_id_path"] = f"splits/{out['dataset']}/val.txt"
+    _check_dataset_description(out, source)
     decoder = out["model"].get("decoder") or {}
     kwargs = decoder.get("kwargs") or {}
     if kwargs.get("num_class") not in (None, out["nclass"]):
         raise ConfigError(f"{source}: nclass {out['nclass']} differs from model.decoder.kwargs.num_class "
                           f"{kwargs['num_class']}")
+    return out
+
+
+def _check_dataset_description(cfg, source):
+    n = cfg["nclass"]
+    if cfg["classes"] is not None and (len(cfg["classes"]) != n or not all(isinstance(c, str) for c in cfg["classes"])):
+        raise ConfigError(f"{source}: classes must be a list of {n} names (nclass), got {cfg['classes']!r}")
+    palette = cfg["palette"]
+    if palette is not None:
+        ok = all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                 for c in palette)
+        if not ok or len(palette) < n:
+            raise ConfigError(f"{source}: palette must be a list of at least {n} colours [r, g, b] (0..255), "
+                              f"got {palette!r}")
+    first = 1 if cfg["reduce_zero_label"] else 0  # the class values of the masks as stored
+    if not 0 <= cfg["ignore_index"] <= 65535 or first <= cfg["ignore_index"] < first + n:
+        raise ConfigError(f"{source}: ignore_index must be a mask value that is not a class ({first}..{first + n - 1}), "
+                          f"got {cfg['ignore_index']}")
+
+
+def drop_release_keys(raw, source="config"):
+    """A copy of ``raw`` without the releases' keys that have no effect here (:data:`RELEASE_KEYS`),
+    each dropped with a warning that says why."""
+    out = dict(raw)
+    for key in sorted(set(raw) & set(RELEASE_KEYS)):
+        out.pop(key)
+        logger.warning(f"{source}: key {key!r} (from the release's configs) has no effect: {RELEASE_KEYS[key]}")
+    return out
+
+
+def apply_overrides(raw, opts, source="--opts"):
+    """``raw`` with ``key=value`` overrides applied; the value is read as YAML (``lr=0.01`` a float,
+    ``amp=bf16`` a string, ``eval_scales=[1.0,1.5]`` a list) and a dotted key reaches into a section
+    (``criterion.kwargs.min_kept=50000``). The result is checked like the file (:func:`check_config`)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for opt in opts or ():
+        key, sep, text = opt.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: expected key=value, got {opt!r}")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: the value of {key} is not valid YAML ({text!r}): {exc}") from None
+        *parents, last = key.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {'.'.join(parents[:i + 1])} is not a section, cannot set {key}")
+        node[last] = value
     return out
 
 

@@ -173,7 +173,7 @@ def test_mask_values_out_of_range(tmp_path):
     Image.fromarray(mask).save(root / "a.png")
     (tmp_path / "l.txt").write_text("a.jpg a.png\n")
     with pytest.raises(DataError, match=r"mask .*a.png \(listed at .*l.txt:1\) has values \[19, 200\] that are "
-                                        r"neither a class \(0..18\) nor 255"):
+                                        r"neither a class \(0..18\) nor ignore \(255\)"):
         SemiDataset("cityscapes", root, "train_l", size=8, id_path=tmp_path / "l.txt")[0]
 
 

@@ -80,10 +80,10 @@ def num_classes(name):
     return len(CLASSES[name])
 
 
-def palette_of(name, n=None):
-    """A 256-entry flat RGB list for PIL's ``putpalette``: the dataset's colours (or VOC's for an
-    unknown name with ``n`` classes), white for 255."""
-    colours = PALETTES.get(name) or voc_palette(n or 256)
+def palette_of(name, n=None, colours=None):
+    """A 256-entry flat RGB list for PIL's ``putpalette``: ``colours`` (a config's palette), else the
+    dataset's colours (or VOC's for an unknown name with ``n`` classes), white for 255."""
+    colours = [tuple(c) for c in colours] if colours else PALETTES.get(name) or voc_palette(n or 256)
     flat = [0] * (256 * 3)
     for i, rgb in enumerate(colours[:255]):
         flat[3 * i:3 * i + 3] = rgb

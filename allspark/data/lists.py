@@ -1,5 +1,6 @@
 """Split lists: one sample per line, ``<image> <mask>``, both relative to the dataset root, e.g.
-``JPEGImages/2007_000733.jpg SegmentationClass/2007_000733.png``.
+``JPEGImages/2007_000733.jpg SegmentationClass/2007_000733.png``; an unlabeled list may name the image
+alone (``<image>``).
 
 Kept free of torch so that the list tools (``allspark.data.splits``, ``allspark.data.toy``) start fast.
 """
@@ -15,7 +16,8 @@ class DataError(ValueError):
 
 
 class Sample:
-    """One list entry: image and mask paths relative to the root, and where the entry was read."""
+    """One list entry: image and mask paths relative to the root (mask None: an image-only line of an
+    unlabeled list), and where the entry was read."""
 
     __slots__ = ("image", "mask", "source")
 
@@ -26,9 +28,9 @@ class Sample:
         return f"Sample({self.image!r}, {self.mask!r}, from {self.source})"
 
 
-def read_list(path):
-    """Parse a split list into [Sample]; a missing or empty list, or a line that is not two paths,
-    raises DataError naming the file and line."""
+def read_list(path, image_only=False):
+    """Parse a split list into [Sample]; a missing or empty list, or a line that is not two paths (one
+    or two with ``image_only``: unlabeled lists), raises DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split list not found: {path}")
@@ -37,19 +39,21 @@ def read_list(path):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2:
-            raise DataError(f"{path}:{lineno}: expected '<image> <mask>', got {line.strip()!r}")
-        samples.append(Sample(fields[0], fields[1], f"{path}:{lineno}"))
+        if len(fields) != 2 and not (image_only and len(fields) == 1):
+            expected = "'<image> <mask>' or '<image>'" if image_only else "'<image> <mask>'"
+            raise DataError(f"{path}:{lineno}: expected {expected}, got {line.strip()!r}")
+        samples.append(Sample(fields[0], fields[1] if len(fields) == 2 else None, f"{path}:{lineno}"))
     if not samples:
         raise DataError(f"split list {path} is empty")
     return samples
 
 
 def write_list(path, pairs):
-    """Write ``<image> <mask>`` lines to ``path`` through a temporary file and a rename."""
+    """Write ``<image> <mask>`` lines (``<image>`` where the mask is None) to ``path`` through a
+    temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
-        f.writelines(f"{image} {mask}\n" for image, mask in pairs)
+        f.writelines(f"{image} {mask}\n" if mask is not None else f"{image}\n" for image, mask in pairs)
     os.replace(tmp, path)

@@ -8,18 +8,32 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..config import IGNORE_INDEX
 from .classes import CLASSES
 from .lists import DataError, read_list
 from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize, seed_all
 
-__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED"]
+__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED", "REDUCE_ZERO_LABEL", "decode_mask"]
 
 MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
 # Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
 # ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
 REDUCE_ZERO_LABEL = ("ade20k",)
-IGNORE_INDEX = 255
 PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
+
+
+def decode_mask(raw, num_classes, ignore_index=IGNORE_INDEX, reduce_zero_label=False):
+    """Stored mask values (H, W) -> (class indices (H, W) int64 with 255 for ignore, the stored values that
+    are neither a class nor ignore (1-D)). ``ignore_index`` pixels become 255; with ``reduce_zero_label``
+    0 becomes 255 too and class k is stored as k + 1."""
+    raw = raw.astype(np.int64)
+    ignore = raw == ignore_index
+    if reduce_zero_label:
+        ignore |= raw == 0
+    mask = raw - 1 if reduce_zero_label else raw.copy()
+    bad = ~ignore & ((mask < 0) | (mask >= num_classes))
+    mask[ignore] = IGNORE_INDEX
+    return mask, raw[bad]
 
 
 class SemiDataset(Dataset):
@@ -42,14 +56,15 @@ class SemiDataset(Dataset):
     modes also return the crop's true labels (255 where padded) as a last item, only to measure the
     pseudo labels; they never enter a loss.
 
-    ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, ade20k, toy);
-    ADE20K's masks are read with reduce-zero-label (0 = other -> 255, class k -> k - 1);
-    mask values that are neither a class nor 255 raise DataError. An index may come as
+    ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, ade20k, toy).
+    Masks are read as stored, their ``ignore_index`` becoming 255; with ``reduce_zero_label`` (default:
+    ADE20K's, whose masks hold 0 = other) 0 becomes 255 and class k becomes k - 1. Mask values that are
+    neither a class nor ignore raise DataError. Unlabeled lists may name images only. An index may come as
     (index, seed): the augmentations then draw from that seed, whatever worker loads the sample.
     """
 
     def __init__(self, name, root, mode, size=None, id_path=None, nsample=None, num_classes=None, cut_longer=True,
-                 unlabeled_labels=False):
+                 unlabeled_labels=False, ignore_index=IGNORE_INDEX, reduce_zero_label=None):
         if mode not in MODES:
             raise DataError(f"unknown dataset mode {mode!r}; valid modes: {list(MODES)}")
         if mode != "val" and not size:
@@ -64,12 +79,14 @@ class SemiDataset(Dataset):
         if id_path is None:
             raise DataError(f"mode {mode!r} needs a split list (id_path)")
         self.name, self.mode, self.size, self.num_classes = name, mode, size, num_classes
-        self.samples = read_list(id_path)
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = name in REDUCE_ZERO_LABEL if reduce_zero_label is None else reduce_zero_label
+        self.samples = read_list(id_path, image_only=mode.startswith("train_u"))
         if mode.startswith("train_l") and nsample is not None and (cut_longer or nsample > len(self.samples)):
             self.samples = (self.samples * math.ceil(nsample / len(self.samples)))[:nsample]
         # unlabeled_labels: read the masks of an unlabeled list if every one is there (stat calls only)
         self.with_labels = bool(mode.startswith("train_u") and unlabeled_labels
-                                and all((self.root / s.mask).is_file() for s in self.samples))
+                                and all(s.mask is not None and (self.root / s.mask).is_file() for s in self.samples))
 
     def __len__(self):
         return len(self.samples)
@@ -89,18 +106,16 @@ class SemiDataset(Dataset):
             if m.size != image_size:
                 raise DataError(f"sample {sample.source}: image is {image_size[0]}x{image_size[1]} but mask {path} "
                                 f"is {m.size[0]}x{m.size[1]}")
-            mask = np.array(m)
-        if self.name in REDUCE_ZERO_LABEL:
-            if (mask == IGNORE_INDEX).any():
-                raise DataError(f"mask {path} (listed at {sample.source}) holds {IGNORE_INDEX}: it looks already shifted "
-                                f"(reduce-zero-label applied). {self.name} masks are read as the official annotations "
-                                f"store them (0 = other, 1..{self.num_classes} the classes) and shifted here; use those")
-            mask = mask.astype(np.int64) - 1
-            mask[mask < 0] = IGNORE_INDEX
-        bad = mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)]
+            raw = np.array(m)
+        if self.name in REDUCE_ZERO_LABEL and self.reduce_zero_label and (raw == IGNORE_INDEX).any():
+            raise DataError(f"mask {path} (listed at {sample.source}) holds {IGNORE_INDEX}: it looks already shifted "
+                            f"(reduce-zero-label applied). {self.name} masks are read as the official annotations "
+                            f"store them (0 = other, 1..{self.num_classes} the classes) and shifted here; use those")
+        mask, bad = decode_mask(raw, self.num_classes, self.ignore_index, self.reduce_zero_label)
         if bad.size:
+            first = 1 if self.reduce_zero_label else 0
             raise DataError(f"mask {path} (listed at {sample.source}) has values {np.unique(bad)[:10].tolist()} that "
-                            f"are neither a class (0..{self.num_classes - 1}) nor {IGNORE_INDEX}")
+                            f"are neither a class ({first}..{first + self.num_classes - 1}) nor ignore ({self.ignore_index})")
         return Image.fromarray(mask.astype(np.uint8))
 
     def __getitem__(self, index):

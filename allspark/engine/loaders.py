@@ -7,7 +7,7 @@ from ..config import resolve_path
 from ..data import SemiDataset
 from ..data.transforms import seed_all
 
-__all__ = ["ShardSampler", "SeededSampler", "build_loaders", "build_val_loader", "seed_all", "epoch_seed"]
+__all__ = ["mask_encoding", "ShardSampler", "SeededSampler", "build_loaders", "build_val_loader", "seed_all", "epoch_seed"]
 
 
 class ShardSampler(Sampler):
@@ -68,6 +68,11 @@ def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
                       generator=torch.Generator().manual_seed(0), **extra)
 
 
+def mask_encoding(cfg):
+    """The dataset keywords that say how the config's masks are stored."""
+    return dict(num_classes=cfg["nclass"], ignore_index=cfg["ignore_index"], reduce_zero_label=cfg["reduce_zero_label"])
+
+
 def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="train_l", unlabeled_mode="train_u",
                   cut_labeled=True, unlabeled_labels=False):
     """Training and validation loaders: {'l': labeled, 'u': unlabeled, 'val': validation}, with the
@@ -80,13 +85,13 @@ def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="tr
     loaders = {}
     nsample = None
     if unlabeled_mode is not None:
-        trainset_u = SemiDataset(cfg["dataset"], root, unlabeled_mode, crop, unlabeled_list, num_classes=cfg["nclass"],
-                                 unlabeled_labels=unlabeled_labels)
+        trainset_u = SemiDataset(cfg["dataset"], root, unlabeled_mode, crop, unlabeled_list, unlabeled_labels=unlabeled_labels,
+                                 **mask_encoding(cfg))
         nsample = len(trainset_u)
         sampler_u = SeededSampler(trainset_u, env, seed, "unlabeled")
         loaders["u"] = _loader(trainset_u, cfg["batch_size"], sampler_u, cfg, env, drop_last=True)
-    trainset_l = SemiDataset(cfg["dataset"], root, labeled_mode, crop, labeled_list, nsample, num_classes=cfg["nclass"],
-                             cut_longer=cut_labeled)
+    trainset_l = SemiDataset(cfg["dataset"], root, labeled_mode, crop, labeled_list, nsample, cut_longer=cut_labeled,
+                             **mask_encoding(cfg))
     sampler_l = SeededSampler(trainset_l, env, seed, "labeled")
     loaders["l"] = _loader(trainset_l, cfg["batch_size"], sampler_l, cfg, env, drop_last=True)
     loaders["val"] = build_val_loader(cfg, env)
@@ -96,5 +101,5 @@ def build_loaders(cfg, env, labeled_list, unlabeled_list, seed, labeled_mode="tr
 def build_val_loader(cfg, env):
     """The config's validation list, one image a batch, sharded over the processes without repeats."""
     valset = SemiDataset(cfg["dataset"], resolve_path(cfg["data_root"]), "val", id_path=resolve_path(cfg["val_id_path"]),
-                         num_classes=cfg["nclass"])
+                         **mask_encoding(cfg))
     return _loader(valset, 1, ShardSampler(len(valset), env.rank, env.world_size), cfg, env, drop_last=False)

@@ -1,4 +1,6 @@
 """Losses: cross-entropy and the release's online hard example mining (OHEM) cross-entropy."""
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -6,6 +8,8 @@ import torch.nn.functional as F
 from ..config import ConfigError
 
 __all__ = ["OhemCrossEntropy", "build_criterion"]
+
+logger = logging.getLogger("allspark")
 
 
 class OhemCrossEntropy(nn.Module):
@@ -21,9 +25,17 @@ class OhemCrossEntropy(nn.Module):
         self.ignore_index = ignore_index
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
+        self._warned = False
 
     def forward(self, pred, target):
         b, c, h, w = pred.shape
+        if 0 < self.min_kept and target.numel() < self.min_kept and not self._warned:
+            # (fewer valid pixels than min_kept in a larger batch is not reported: counting them would sync)
+            self._warned = True
+            logger.warning(f"OHEM: min_kept {self.min_kept} exceeds the {target.numel()} pixels of a batch "
+                           f"({b} x {h} x {w}): no pixel is mined, the loss is plain cross-entropy over the valid "
+                           f"pixels (as the release computes it). Lower criterion.kwargs.min_kept (e.g. --opts "
+                           f"criterion.kwargs.min_kept={max(1, target.numel() // 4)}) to mine at this crop / batch")
         target = target.reshape(-1)
         keep = target != self.ignore_index
         if self.min_kept > 0:  # the release mines only with min_kept > 0

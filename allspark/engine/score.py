@@ -26,10 +26,10 @@ logger = logging.getLogger("allspark")
 class Visualiser:
     """Writes one PNG per validation image: the image, its ground truth and the prediction side by side."""
 
-    def __init__(self, out_dir, dataset, num_classes):
+    def __init__(self, out_dir, dataset, num_classes, colours=None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.palette = palette_of(dataset, num_classes)
+        self.palette = palette_of(dataset, num_classes, colours)
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
 
@@ -55,7 +55,7 @@ def main(args):
     env = setup_distributed(getattr(args, "port", None))
     setup_logger(env.rank)
     try:
-        cfg = load_training_config(args.config, require_method=False)
+        cfg = load_training_config(args.config, require_method=False, overrides=getattr(args, "opts", None))
         if args.mode:
             cfg["eval_mode"] = args.mode
         model_cfg = copy.deepcopy(cfg["model"])
@@ -66,7 +66,7 @@ def main(args):
         logger.info(f"checkpoint {args.checkpoint} ({entry}): epoch {ckpt.get('epoch', '?')}, eval mode {cfg['eval_mode']}, "
                     f"world size {env.world_size}, device {env.device}")
         val = build_val_loader(cfg, env)
-        visualise = Visualiser(args.save_vis, cfg["dataset"], cfg["nclass"]) if args.save_vis else None
+        visualise = Visualiser(args.save_vis, cfg["dataset"], cfg["nclass"], cfg["palette"]) if args.save_vis else None
         miou, ious = evaluate(model, val, cfg, env.device, on_prediction=visualise)
         logger.info(format_iou_table(class_names(cfg), ious, miou, cfg["eval_mode"]))
         return miou, ious

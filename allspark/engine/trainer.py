@@ -45,7 +45,8 @@ def set_lr(optimizer, lr, lr_multi):
 
 
 def class_names(cfg):
-    names = CLASSES.get(cfg["dataset"])
+    """The config's ``classes``, else a known dataset's names, else '0', '1', ..."""
+    names = cfg.get("classes") or CLASSES.get(cfg["dataset"])
     return names if names is not None and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
 
 
@@ -204,7 +205,7 @@ def _prepare_model(cfg, env, method_cls):
 
 
 def _build_run(args, env):
-    cfg = load_training_config(args.config, args.method)
+    cfg = load_training_config(args.config, args.method, overrides=getattr(args, "opts", None))
     method_cls = get_method(cfg["method"])
     if method_cls.unlabeled_mode is not None and not args.unlabeled_id_path:
         raise ConfigError(f"method {cfg['method']!r} needs --unlabeled-id-path")

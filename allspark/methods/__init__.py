@@ -4,7 +4,8 @@
   (all three with the release's SGD recipe); ``unimatch_v2``: UniMatch V2's release (EMA teacher, CutMixed
   strong views with complementary dropout, confidence threshold, AdamW).
 """
-from ..config import ConfigError, check_config, load_yaml
+from ..config import ConfigError, apply_overrides, check_config, drop_release_keys, load_yaml
+from ..models.dpt import release_dpt_section
 from .allspark import AllSparkMethod
 from .base import Method, sgd_two_groups, to_device
 from .semi import PseudoLabel
@@ -24,11 +25,29 @@ def get_method(name, source="config"):
     return METHODS[name]
 
 
-def load_training_config(path, method=None, require_method=True):
+def _from_unimatch_v2_release(raw, source):
+    """UniMatch V2's release writes its model as ``model: dpt`` and ``backbone: dinov2_<size>``: the
+    equivalent ``model:`` section (the release's head widths for that encoder) and ``method: unimatch_v2``."""
+    if not isinstance(raw.get("model"), str):
+        return raw
+    out = {k: v for k, v in raw.items() if k != "backbone"}
+    if raw["model"] != "dpt" or "backbone" not in raw:
+        raise ConfigError(f"{source}: model must be a section with 'backbone' and 'decoder' (or the UniMatch V2 "
+                          f"release's 'model: dpt' with 'backbone: dinov2_<size>'), got model: {raw['model']!r}")
+    out["model"] = release_dpt_section(raw["backbone"], raw.get("nclass"), source)
+    out.setdefault("method", "unimatch_v2")
+    return out
+
+
+def load_training_config(path, method=None, require_method=True, overrides=None):
     """Load a config: its keys checked against the common schema plus its method's own keys, and the
     method (``method`` from the command line overrides the file's) checked against the model section.
+    ``overrides`` (``["key=value", ...]``, train.py's ``--opts``) are applied before the checks. The
+    releases' own config files load too: AllSpark's ``criterion_u`` is dropped with a note, UniMatch V2's
+    ``model: dpt`` / ``backbone:`` become the model section.
     Evaluation passes ``require_method=False``: a config without a method is checked without one."""
-    raw = load_yaml(path)
+    raw = apply_overrides(load_yaml(path), overrides)
+    raw = _from_unimatch_v2_release(drop_release_keys(raw, str(path)), str(path))
     name = method if method is not None else raw.get("method")
     if name is None:
         if require_method:

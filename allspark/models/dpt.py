@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DPTHead", "DPT", "complementary_dropout_mask", "tokens_to_maps", "ResidualConvUnit", "FeatureFusionBlock"]
+from ..config import ConfigError
+
+__all__ = ["DPTHead", "DPT", "RELEASE_HEADS", "release_dpt_section", "complementary_dropout_mask", "tokens_to_maps", "ResidualConvUnit", "FeatureFusionBlock"]
 
 
 class ResidualConvUnit(nn.Module):
@@ -52,6 +54,25 @@ class FeatureFusionBlock(nn.Module):
         resize = {"size": tuple(size)} if size is not None else {"scale_factor": 2}
         x = F.interpolate(x, **resize, mode="bilinear", align_corners=True)
         return self.out_conv(x)
+
+
+# UniMatch V2's head width per encoder: (features, out_channels), as its release builds them.
+RELEASE_HEADS = {
+    "dinov2_small": (64, [48, 96, 192, 384]),
+    "dinov2_base": (128, [96, 192, 384, 768]),
+    "dinov2_large": (256, [256, 512, 1024, 1024]),
+    "dinov2_giant": (384, [1536, 1536, 1536, 1536]),
+}
+
+
+def release_dpt_section(backbone, num_class, source="config"):
+    """The ``model:`` section equal to UniMatch V2's ``model: dpt`` + ``backbone: <name>`` (pretrained encoder)."""
+    if backbone not in RELEASE_HEADS:
+        raise ConfigError(f"{source}: backbone must be one of {list(RELEASE_HEADS)} with model: dpt, got {backbone!r}")
+    features, out_channels = RELEASE_HEADS[backbone]
+    return {"backbone": {"type": backbone, "kwargs": {"pretrained": True}},
+            "decoder": {"type": "dpt", "kwargs": {"num_class": num_class, "features": features,
+                                                  "out_channels": list(out_channels), "use_bn": False}}}
 
 
 class DPTHead(nn.Module):
