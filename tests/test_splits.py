@@ -1,7 +1,5 @@
-"""Split lists: the standard lists parse with their known counts, and the split tools."""
-import subprocess
-import sys
-
+"""Split lists: the shipped standard lists parse with their known counts (and equal the reference copies),
+and the split tools."""
 import pytest
 
 from allspark.data import DataError, read_list
@@ -10,6 +8,7 @@ from allspark.data.splits import complete_split, main, make_split, scan_root
 from conftest import ROOT
 
 SHARED = ROOT.parent / "shared" / "splits"
+SHIPPED = ROOT / "splits"
 
 EXPECTED = {
     "pascal/val.txt": 1449, "pascal/train_aug.txt": 10582,
@@ -26,19 +25,19 @@ EXPECTED = {
 
 
 def shared(rel=""):
-    if not SHARED.is_dir():
-        pytest.skip(f"reference split lists {SHARED} not present")
-    return SHARED / rel
+    """A shipped list (the tests of the tools run on what the repository ships)."""
+    return SHIPPED / rel
 
 
 def pairs(path):
     return [(s.image, s.mask) for s in read_list(path)]
 
 
-def test_every_shared_list_parses_with_expected_counts():
-    lists = sorted(shared().rglob("*.txt"))
-    assert len(lists) >= 40
-    counts = {p.relative_to(SHARED).as_posix(): len(read_list(p)) for p in lists}
+def test_every_shipped_list_parses_with_expected_counts():
+    lists = sorted(p for d in ("pascal", "cityscapes", "coco") for p in (SHIPPED / d).rglob("*.txt")
+                   if not (d == "coco" and p.name == "unlabeled.txt"))  # COCO's are made locally
+    assert len(lists) == 43  # Pascal 2 + 12 x 2, Cityscapes 1 + 5 x 2, COCO 1 + 5
+    counts = {p.relative_to(SHIPPED).as_posix(): len(read_list(p)) for p in lists}
     assert {k: counts.get(k) for k in EXPECTED} == EXPECTED
     prefixes = {"pascal": ("JPEGImages/", "SegmentationClass/"), "cityscapes": ("leftImg8bit/", "gtFine/"),
                 "coco": ("train2017/", "masks/")}
@@ -46,8 +45,19 @@ def test_every_shared_list_parses_with_expected_counts():
         if rel.startswith("coco/val"):
             continue  # val2017
         image_prefix, mask_prefix = prefixes[rel.split("/")[0]]
-        for image, mask in pairs(SHARED / rel)[:50]:
+        for image, mask in pairs(SHIPPED / rel)[:50]:
             assert image.startswith(image_prefix) and mask.startswith(mask_prefix), rel
+    assert "MIT License" in (SHIPPED / "LICENSE").read_text() and "Lihe Yang" in (SHIPPED / "LICENSE").read_text()
+
+
+def test_shipped_lists_equal_the_reference_copies():
+    if not SHARED.is_dir():
+        pytest.skip(f"reference split lists {SHARED} not present")
+    reference = sorted(SHARED.rglob("*.txt"))
+    assert reference
+    for path in reference:
+        rel = path.relative_to(SHARED)
+        assert (SHIPPED / rel).read_bytes() == path.read_bytes(), rel
 
 
 @pytest.mark.parametrize("split", ["92", "1464", "1_8", "u2pl_1_4"])
@@ -99,27 +109,17 @@ def test_cli_make_and_complete_from_a_scanned_root(tmp_path, capsys):
     assert "ratio must be between 0 and 1" in capsys.readouterr().err
 
 
-def test_download_script_fetches_the_standard_layout():
-    result = subprocess.run(["bash", str(ROOT / "scripts/download_splits.sh"), "--dry-run"], capture_output=True,
-                            text=True, check=True, cwd=ROOT)
-    lines = result.stdout.split("\n")
-    dests = {line.split(" <- ")[0].removeprefix("splits/") for line in lines if line}
-    assert all("/0324f3dd4a22128105a5eb135d2586c0bb3cc647/splits/" in line for line in lines if line)
-    expected = {p.relative_to(SHARED).as_posix() for p in shared().rglob("*.txt")}
-    assert dests == expected, "the script fetches exactly the standard lists (COCO's unlabeled ones are made)"
-
-
-def test_download_script_completes_coco_offline(tmp_path):
+def test_coco_unlabeled_lists_made_from_train2017(tmp_path):
+    """The README's loop: every train2017 image not in a split's labeled list."""
     coco = tmp_path / "coco"
     (coco / "train2017").mkdir(parents=True)
-    for k in (1, 2, 3):
+    for k in (3, 1, 2):
         (coco / f"train2017/{k:012d}.jpg").write_bytes(b"")
-    dest = tmp_path / "splits"
-    for split in ("1_512", "1_256", "1_128", "1_64", "1_32"):
-        (dest / "coco" / split).mkdir(parents=True)
-        (dest / "coco" / split / "labeled.txt").write_text("train2017/000000000002.jpg masks/000000000002.png\n")
-    subprocess.run(["bash", str(ROOT / "scripts/download_splits.sh"), "--no-download", "--coco-root", str(coco),
-                    "--dest", str(dest)], check=True, cwd=ROOT, capture_output=True, env={"PYTHON": sys.executable,
-                                                                                         "PATH": "/usr/bin:/bin"})
-    assert pairs(dest / "coco/1_32/unlabeled.txt") == [("train2017/000000000001.jpg", "masks/000000000001.png"),
-                                                       ("train2017/000000000003.jpg", "masks/000000000003.png")]
+    labeled = tmp_path / "labeled.txt"
+    labeled.write_text("train2017/000000000002.jpg masks/000000000002.png\n")
+    assert main(["complete", "--labeled", str(labeled), "--root", str(coco), "--image-dir", "train2017",
+                 "--mask-dir", "masks", "--out", str(tmp_path / "unlabeled.txt")]) == 0
+    assert pairs(tmp_path / "unlabeled.txt") == [("train2017/000000000001.jpg", "masks/000000000001.png"),
+                                                 ("train2017/000000000003.jpg", "masks/000000000003.png")]
+    # a real split's labeled images are train2017 images, so the same loop works on the shipped lists
+    assert all(image.startswith("train2017/") for image, _ in pairs(SHIPPED / "coco/1_512/labeled.txt"))
