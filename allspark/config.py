@@ -11,7 +11,7 @@ import logging
 import yaml
 
 __all__ = ["ConfigError", "load_yaml", "load_config", "check_config", "resolve_path", "apply_overrides",
-           "drop_release_keys", "PROJECT_ROOT", "SCHEMA", "RELEASE_KEYS", "IGNORE_INDEX"]
+           "drop_release_keys", "load_data_config", "DATA_KEYS", "PROJECT_ROOT", "SCHEMA", "RELEASE_KEYS", "IGNORE_INDEX"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = 255  # the ignore label inside the project: masks, losses and metrics
@@ -95,6 +95,23 @@ def check_config(cfg, source="config", extra=None):
     unknown = sorted(set(cfg) - set(schema))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(schema)}")
+    out = _typed(cfg, schema, source)
+    for key in ("nclass", "crop_size", "epochs", "batch_size", "num_workers", "prefetch_factor"):
+        if out[key] < (0 if key == "num_workers" else 1):
+            raise ConfigError(f"{source}: {key} must be positive, got {out[key]}")
+    if out["val_id_path"] is None:
+        out["val_id_path"] = f"splits/{out['dataset']}/val.txt"
+    _check_dataset_description(out, source)
+    decoder = out["model"].get("decoder") or {}
+    kwargs = decoder.get("kwargs") or {}
+    if kwargs.get("num_class") not in (None, out["nclass"]):
+        raise ConfigError(f"{source}: nclass {out['nclass']} differs from model.decoder.kwargs.num_class "
+                          f"{kwargs['num_class']}")
+    return out
+
+
+def _typed(cfg, schema, source):
+    """The keys of ``schema`` from ``cfg`` with their types and allowed values checked, defaults filled."""
     out = {}
     for key, (required, types, default, allowed) in schema.items():
         if key not in cfg:
@@ -109,18 +126,24 @@ def check_config(cfg, source="config", extra=None):
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
         out[key] = value
-    for key in ("nclass", "crop_size", "epochs", "batch_size", "num_workers", "prefetch_factor"):
-        if out[key] < (0 if key == "num_workers" else 1):
-            raise ConfigError(f"{source}: {key} must be positive, got {out[key]}")
-    if out["val_id_path"] is None:
-        out["val_id_path"] = f"splits/{out['dataset']}/val.txt"
-    _check_dataset_description(out, source)
-    decoder = out["model"].get("decoder") or {}
-    kwargs = decoder.get("kwargs") or {}
-    if kwargs.get("num_class") not in (None, out["nclass"]):
-        raise ConfigError(f"{source}: nclass {out['nclass']} differs from model.decoder.kwargs.num_class "
-                          f"{kwargs['num_class']}")
     return out
+
+
+DATA_KEYS = ("dataset", "data_root", "val_id_path", "nclass", "classes", "palette", "ignore_index", "reduce_zero_label")
+
+
+def load_data_config(path, overrides=None):
+    """Only the dataset keys of a config (:data:`DATA_KEYS`), checked; for the data tools, which need
+    no model or method."""
+    raw = apply_overrides(load_yaml(path), overrides)
+    source = str(path)
+    cfg = _typed(raw, {k: SCHEMA[k] for k in DATA_KEYS}, source)
+    if cfg["val_id_path"] is None:
+        cfg["val_id_path"] = f"splits/{cfg['dataset']}/val.txt"
+    if cfg["nclass"] < 1:
+        raise ConfigError(f"{source}: nclass must be positive, got {cfg['nclass']}")
+    _check_dataset_description(cfg, source)
+    return cfg
 
 
 def _check_dataset_description(cfg, source):

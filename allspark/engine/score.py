@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from ..methods import load_training_config
+from ..config import resolve_path
 from ..data import palette_of
+from ..data.check import preflight
 from ..data.transforms import MEAN, STD
 from ..models import build_model, load_checkpoint
 from .dist import cleanup, setup_distributed
@@ -58,6 +60,8 @@ def main(args):
         cfg = load_training_config(args.config, require_method=False, overrides=getattr(args, "opts", None))
         if args.mode:
             cfg["eval_mode"] = args.mode
+        preflight(resolve_path(cfg["data_root"]), [(resolve_path(cfg["val_id_path"]), True)],
+                  hint=f" (data_root of {args.config}; see README: Data)")
         model_cfg = copy.deepcopy(cfg["model"])
         model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False  # the checkpoint holds every weight
         model = build_model(model_cfg).to(env.device)

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
+from ..config import ConfigError, resolve_path
 from ..data import CLASSES, DataError
+from ..data.check import preflight
 from ..methods import get_method, load_training_config, to_device
 from ..models import build_model
 from .checkpoint import release_state_dict, resume, save_checkpoint
@@ -209,11 +210,16 @@ def _build_run(args, env):
     method_cls = get_method(cfg["method"])
     if method_cls.unlabeled_mode is not None and not args.unlabeled_id_path:
         raise ConfigError(f"method {cfg['method']!r} needs --unlabeled-id-path")
-    save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
     logger.info(f"config {args.config}: {cfg}")
     logger.info(f"launcher {env.launcher}, world size {env.world_size}, device {env.device}, backend {env.backend}, "
                 f"seed {args.seed}")
+    lists = [(args.labeled_id_path, True), (resolve_path(cfg["val_id_path"]), True)]
+    if method_cls.unlabeled_mode is not None:
+        lists.insert(1, (args.unlabeled_id_path, False))  # unlabeled masks are optional
+    checked = preflight(resolve_path(cfg["data_root"]), lists, hint=f" (data_root of {args.config}; see README: Data)")
+    logger.info(f"data: the {checked} files the lists name are there")
+    save_path = Path(args.save_path)
+    save_path.mkdir(parents=True, exist_ok=True)  # only once the run can start
     seed_all(args.seed)
     model, net = _prepare_model(cfg, env, method_cls)
     logger.info(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
