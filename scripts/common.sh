@@ -1,22 +1,122 @@
-# Sourced by train.sh and slurm_train.sh (from the project root): the launch arguments and paths.
-#   NGPUS PORT [dataset=pascal] [method=allspark] [split=1464]
-if [ $# -lt 2 ]; then
-  echo "usage: $0 NGPUS PORT [dataset=pascal] [method=allspark] [split=1464]" >&2
+# Sourced (by bash, from the project root) by train.sh and slurm_train.sh. Reads their arguments:
+#   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--dry-run] [key=value ...]
+# and sets: ngpus port dataset method split config save_path log train_args (train.py and its arguments).
+#   dataset: pascal | cityscapes | coco | ade20k | toy | a dataset of your own (with --config)
+#   method:  a config under configs/<dataset>_<method>.yaml (allspark, unimatch_v2, allspark_dinov2,
+#            baseline_semi, baseline_sup, ...) or train.py's method names (allspark, unimatch_v2, semi, sup);
+#            with --config, train.py's --method (default: the config's own method)
+#   split:   a folder under splits/<dataset>/ (default: pascal 1464, cityscapes 1_16, coco 1_512, ade20k 1_64)
+#   key=value: config overrides, passed to train.py as --opts (e.g. epochs=2 batch_size=1 amp=bf16)
+# Checks the arguments and the split lists before anything is written; the run's log is
+# <save path>/<time>.log. The scripts exit with train.py's status.
+
+usage() {
+  sed -n '2,9p' scripts/common.sh | sed 's/^# \{0,1\}//' | sed "1s|^|usage: $(basename "$0") |"
+}
+
+die() {
+  echo "$(basename "$0"): $*" >&2
+  exit 2
+}
+
+positional=()
+overrides=()
+config=""
+save_path=""
+dry_run=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) [ $# -ge 2 ] || die "--config needs a file"; config=$2; shift 2 ;;
+    --config=*) config=${1#*=}; shift ;;
+    --save-path) [ $# -ge 2 ] || die "--save-path needs a folder"; save_path=$2; shift 2 ;;
+    --save-path=*) save_path=${1#*=}; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *=*) overrides+=("$1"); shift ;;
+    *) positional+=("$1"); shift ;;
+  esac
+done
+if [ ${#positional[@]} -lt 2 ] || [ ${#positional[@]} -gt 5 ]; then
+  usage >&2
   exit 2
 fi
-now=$(date +"%Y%m%d_%H%M%S")
-ngpus=$1
-port=$2
-dataset=${3:-pascal}
-method=${4:-allspark}
-split=${5:-1464}
+ngpus=${positional[0]}
+port=${positional[1]}
+dataset=${positional[2]:-pascal}
+method=${positional[3]:-}
+split=${positional[4]:-}
+case "$ngpus" in ''|*[!0-9]*|0) die "NGPUS must be a positive number, got '$ngpus'" ;; esac
+case "$port" in ''|*[!0-9]*) die "PORT must be a number, got '$port'" ;; esac
 
-config=configs/${dataset}_${method}.yaml
-labeled_id_path=splits/$dataset/$split/labeled.txt
-unlabeled_id_path=splits/$dataset/$split/unlabeled.txt
-if [ "$dataset" = toy ]; then
+if [ -z "$split" ]; then
+  case "$dataset" in
+    pascal) split=1464 ;;
+    cityscapes) split=1_16 ;;
+    coco) split=1_512 ;;
+    ade20k) split=1_64 ;;
+    toy) split=toy ;;
+    *) die "dataset '$dataset' has no default split: name one (a folder under splits/$dataset/)" ;;
+  esac
+fi
+
+method_args=()
+if [ -z "$config" ]; then
+  method=${method:-allspark}
+  if [ -f "configs/${dataset}_${method}.yaml" ]; then
+    config=configs/${dataset}_${method}.yaml
+  elif [ -f "configs/${dataset}_baseline_${method}.yaml" ]; then
+    config=configs/${dataset}_baseline_${method}.yaml  # train.py's names semi / sup
+  else
+    known=$(cd configs && ls "${dataset}"_*.yaml 2>/dev/null | sed "s/^${dataset}_//; s/\.yaml$//" | tr '\n' ' ' | sed 's/ $//')
+    die "no config configs/${dataset}_${method}.yaml; methods with a config for '$dataset': ${known:-none} (or give --config FILE)"
+  fi
+  name=$method
+else
+  [ -f "$config" ] || die "config not found: $config"
+  if [ -n "$method" ]; then
+    method_args=(--method "${method#baseline_}")  # train.py checks the name
+  fi
+  name=${method:-$(basename "$config" .yaml)}
+fi
+
+if [ "$dataset" = toy ] && [ ! -f "splits/toy/$split/labeled.txt" ]; then
   labeled_id_path=splits/toy/labeled.txt
   unlabeled_id_path=splits/toy/unlabeled.txt
+else
+  labeled_id_path=splits/$dataset/$split/labeled.txt
+  unlabeled_id_path=splits/$dataset/$split/unlabeled.txt
 fi
-save_path=exp/$dataset/$method/$split
-mkdir -p "$save_path"
+if [ ! -f "$labeled_id_path" ]; then
+  known=$(ls -d splits/"$dataset"/*/ 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ' | sed 's/ $//')
+  die "split list not found: $labeled_id_path; splits of '$dataset': ${known:-none} (see splits/README.md)"
+fi
+if [ ! -f "$unlabeled_id_path" ] && [ "$dataset" = coco ]; then
+  echo "$(basename "$0"): $unlabeled_id_path is made from the COCO images: python -m allspark.data.splits complete" \
+       "--labeled $labeled_id_path --root data/coco --image-dir train2017 --mask-dir masks --out $unlabeled_id_path" >&2
+fi
+
+save_path=${save_path:-exp/$dataset/$name/$split}
+log=$save_path/$(date +"%Y%m%d_%H%M%S").log
+train_args=(train.py --config="$config" "${method_args[@]}" --labeled-id-path "$labeled_id_path"
+            --unlabeled-id-path "$unlabeled_id_path" --save-path "$save_path" --port "$port")
+if [ ${#overrides[@]} -gt 0 ]; then
+  train_args+=(--opts "${overrides[@]}")
+fi
+
+run_logged() {  # run "$@" with its output tee'd to $log; exit with its status (not tee's)
+  if [ "$dry_run" = 1 ]; then
+    printf '%q ' "$@"
+    echo
+    exit 0
+  fi
+  mkdir -p "$save_path"
+  set +e
+  "$@" 2>&1 | tee "$log"
+  local status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" != 0 ]; then
+    echo "$(basename "$0"): training failed with exit status $status (log: $log)" >&2
+  fi
+  exit "$status"
+}

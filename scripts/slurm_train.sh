@@ -7,13 +7,20 @@
 #SBATCH --time=72:00:00
 #SBATCH --output=slurm-%j.out
 # Train on a SLURM cluster, one task per GPU (rank, world size and master from SLURM's variables):
-#   sbatch scripts/slurm_train.sh NGPUS PORT [dataset] [method] [split]     (edit the header for your cluster)
-#   bash scripts/slurm_train.sh NGPUS PORT ...                             (inside an salloc allocation)
-# Same arguments as scripts/train.sh; the log goes to exp/<dataset>/<method>/<split>/<time>.log.
-set -eu
+#   sbatch scripts/slurm_train.sh NGPUS PORT [dataset] [method] [split] [...]   (edit the header for your cluster)
+#   bash scripts/slurm_train.sh NGPUS PORT ...                                 (inside an salloc allocation)
+# Same arguments as scripts/train.sh (scripts/common.sh); the log goes to exp/<dataset>/<method>/<split>/<time>.log;
+# the script exits with the training's status (SLURM marks a failed run FAILED).
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 . scripts/common.sh
 
-srun --ntasks="$ngpus" --ntasks-per-node="$ngpus" --gres=gpu:"$ngpus" --kill-on-bad-exit=1 \
-    python -u train.py --config="$config" --labeled-id-path "$labeled_id_path" \
-    --unlabeled-id-path "$unlabeled_id_path" --save-path "$save_path" --port "$port" 2>&1 | tee "$save_path/$now.log"
+if [ "$dry_run" != 1 ] && ! command -v srun >/dev/null 2>&1; then
+  echo "$(basename "$0"): srun not found: run it with sbatch or inside an salloc allocation (scripts/train.sh" \
+       "launches with torchrun instead)" >&2
+  exit 127
+fi
+train_args[0]=$(pwd)/train.py
+run_logged srun --ntasks="$ngpus" --ntasks-per-node="$ngpus" --gres=gpu:"$ngpus" --kill-on-bad-exit=1 \
+    python -u "${train_args[@]}"

@@ -340,25 +340,3 @@ def test_cli_errors(tmp_path, toy, trained):
     out = run(["eval.py", "--config", str(other), "--checkpoint", str(trained.save / "best.pth")])
     assert out.returncode == 2
     assert "It was trained for 5 classes, the model has 7" in out.stdout + out.stderr
-
-
-@pytest.mark.parametrize("args, expected", [
-    ("4 29500", "configs/pascal_allspark.yaml splits/pascal/1464/labeled.txt splits/pascal/1464/unlabeled.txt "
-                "exp/pascal/allspark/1464"),
-    ("2 29501 cityscapes baseline_semi 1_16", "configs/cityscapes_baseline_semi.yaml "
-     "splits/cityscapes/1_16/labeled.txt splits/cityscapes/1_16/unlabeled.txt exp/cityscapes/baseline_semi/1_16"),
-    ("2 29502 toy baseline_sup demo", "configs/toy_baseline_sup.yaml splits/toy/labeled.txt "
-                                      "splits/toy/unlabeled.txt exp/toy/baseline_sup/demo"),
-    ("4 29503 pascal unimatch_v2 92", "configs/pascal_unimatch_v2.yaml splits/pascal/92/labeled.txt "
-                                      "splits/pascal/92/unlabeled.txt exp/pascal/unimatch_v2/92"),
-])
-def test_launch_script_arguments(tmp_path, args, expected):
-    """train.sh and slurm_train.sh share scripts/common.sh: the release's NGPUS PORT [dataset] [method] [split]."""
-    out = subprocess.run(["sh", "-c", f'. "{ROOT}/scripts/common.sh" && '
-                          'echo "$config $labeled_id_path $unlabeled_id_path $save_path"', "train.sh", *args.split()],
-                         cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
-    assert (ROOT / expected.split()[0]).is_file(), "the method's config is shipped"
-    assert (tmp_path / expected.split()[-1]).is_dir()
-    for script in ("train.sh", "slurm_train.sh"):
-        assert ". scripts/common.sh" in (ROOT / "scripts" / script).read_text()
