@@ -92,17 +92,28 @@ def test_make_split_ratio_count_seed():
 
 
 def test_cli_make_and_complete_from_a_scanned_root(tmp_path, capsys):
-    for k in range(6):
-        (tmp_path / "data/images/a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data/images/a").mkdir(parents=True)
+    (tmp_path / "data/masks/a").mkdir(parents=True)
+    for k in range(8):
         (tmp_path / f"data/images/a/{k}.jpg").write_bytes(b"")
+        if k < 6:  # two images without a mask: unlabeled, listed by image only
+            (tmp_path / f"data/masks/a/{k}.png").write_bytes(b"")
     assert scan_root(tmp_path / "data", "images", "masks")[0] == ("images/a/0.jpg", "masks/a/0.png")
+    assert scan_root(tmp_path / "data", "images", "masks", require_masks=True)[7] == ("images/a/7.jpg", None)
     out = tmp_path / "splits/mine"
     assert main(["make", "--root", str(tmp_path / "data"), "--image-dir", "images", "--mask-dir", "masks",
-                 "--count", "2", "--out", str(out)]) == 0
-    assert len(read_list(out / "labeled.txt")) == 2 and len(read_list(out / "unlabeled.txt")) == 4
+                 "--count", "2", "--val-count", "1", "--out", str(out)]) == 0
+    assert "2 labeled, 5 unlabeled (2 without a mask), 1 val" in capsys.readouterr().out
+    labeled, val = pairs(out / "labeled.txt"), pairs(out / "val.txt")
+    unlabeled = [(s.image, s.mask) for s in read_list(out / "unlabeled.txt", image_only=True)]
+    assert len(labeled) == 2 and len(val) == 1 and len(unlabeled) == 5
+    assert ("images/a/6.jpg", None) in unlabeled and ("images/a/7.jpg", None) in unlabeled
+    assert all(m is not None for _, m in labeled + val)
+    assert sorted(i for i, _ in labeled + val + unlabeled) == [f"images/a/{k}.jpg" for k in range(8)]
+    assert "images/a/6.jpg\n" in (out / "unlabeled.txt").read_text()
     assert main(["complete", "--labeled", str(out / "labeled.txt"), "--root", str(tmp_path / "data"),
                  "--image-dir", "images", "--mask-dir", "masks", "--out", str(tmp_path / "u.txt")]) == 0
-    assert (tmp_path / "u.txt").read_text() == (out / "unlabeled.txt").read_text()
+    assert len(read_list(tmp_path / "u.txt")) == 6
     assert main(["make", "--list", str(tmp_path / "none.txt"), "--ratio", "1/2", "--out", str(out)]) == 2
     assert "split list not found" in capsys.readouterr().err
     assert main(["make", "--list", str(out / "labeled.txt"), "--ratio", "3/2", "--out", str(out)]) == 2

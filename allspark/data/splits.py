@@ -2,7 +2,10 @@
 
     # labeled / unlabeled lists from all training samples (a list file, or a scan of the root)
     python -m allspark.data.splits make --list train.txt --ratio 1/8 --seed 0 --out splits/mydata/1_8
-    python -m allspark.data.splits make --root data/mydata --image-dir images --mask-dir masks --count 100 --out ...
+    # from a folder: images without a mask go to the unlabeled list as image-only lines; --val-count /
+    # --val-ratio also draws a val.txt (from the images with masks) before the labeled ones
+    python -m allspark.data.splits make --root data/mydata --image-dir images --mask-dir masks --count 100 \
+        --val-count 50 --out splits/mydata/100
     # an unlabeled list as every training image not in the labeled list (how COCO's are defined)
     python -m allspark.data.splits complete --labeled splits/coco/1_512/labeled.txt \
         --root data/coco --image-dir train2017 --mask-dir masks --out splits/coco/1_512/unlabeled.txt
@@ -18,14 +21,15 @@ import numpy as np
 
 from .lists import DataError, read_list, write_list
 
-__all__ = ["scan_root", "make_split", "complete_split", "parse_ratio"]
+__all__ = ["scan_root", "make_split", "draw_split", "complete_split", "parse_ratio"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
-def scan_root(root, image_dir, mask_dir, mask_ext=".png"):
+def scan_root(root, image_dir, mask_dir, mask_ext=".png", require_masks=False):
     """Every image under ``root/image_dir`` (recursively, sorted) paired with
-    ``mask_dir/<same relative folder>/<stem><mask_ext>``; paths relative to ``root``."""
+    ``mask_dir/<same relative folder>/<stem><mask_ext>``; paths relative to ``root``. With
+    ``require_masks`` an image whose mask file is not there is paired with None."""
     root = Path(root)
     base = root / image_dir
     if not base.is_dir():
@@ -33,7 +37,10 @@ def scan_root(root, image_dir, mask_dir, mask_ext=".png"):
     pairs = []
     for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
         rel = path.relative_to(base)
-        pairs.append(((Path(image_dir) / rel).as_posix(), (Path(mask_dir) / rel.with_suffix(mask_ext)).as_posix()))
+        mask = (Path(mask_dir) / rel.with_suffix(mask_ext)).as_posix()
+        if require_masks and not (root / mask).is_file():
+            mask = None
+        pairs.append(((Path(image_dir) / rel).as_posix(), mask))
     if not pairs:
         raise DataError(f"no image ({', '.join(IMAGE_EXTS)}) under {base}")
     return pairs
@@ -66,6 +73,21 @@ def make_split(pairs, ratio=None, count=None, seed=0):
     return labeled, unlabeled
 
 
+def draw_split(pairs, ratio=None, count=None, seed=0, val_ratio=None, val_count=None):
+    """(val, labeled, unlabeled) from a pool where some images may lack a mask (mask None): val (when
+    asked) and labeled are drawn, seeded, from the images with masks; the rest is unlabeled."""
+    masked = [p for p in pairs if p[1] is not None]
+    val = []
+    if val_ratio is not None or val_count is not None:
+        val, masked = make_split(masked, val_ratio, val_count, seed + 1)
+    labeled, rest = make_split(masked, ratio, count, seed) if masked else ([], [])
+    if not labeled:
+        raise DataError("no image has a mask: nothing to label (masks are <mask-dir>/<image stem><mask-ext>)")
+    rest = set(rest)
+    unlabeled = [p for p in pairs if p in rest or p[1] is None]
+    return val, labeled, unlabeled
+
+
 def complete_split(labeled, pairs):
     """Every pair of ``pairs`` whose image is not in ``labeled``, in order; a labeled image that is not
     among ``pairs`` raises DataError (usually a wrong root or image folder)."""
@@ -83,7 +105,7 @@ def _pairs_from_args(args):
         return [(s.image, s.mask) for s in read_list(args.list)]
     if not (args.root and args.image_dir and args.mask_dir):
         raise DataError("give --list, or --root with --image-dir and --mask-dir")
-    return scan_root(args.root, args.image_dir, args.mask_dir, args.mask_ext)
+    return scan_root(args.root, args.image_dir, args.mask_dir, args.mask_ext, require_masks=args.command == "make")
 
 
 def main(argv=None):
@@ -100,6 +122,9 @@ def main(argv=None):
     amount = make.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=str, help="share of labeled samples, e.g. 1/8")
     amount.add_argument("--count", type=int, help="number of labeled samples")
+    held = make.add_mutually_exclusive_group()
+    held.add_argument("--val-ratio", type=str, help="also draw val.txt: this share of the images with masks")
+    held.add_argument("--val-count", type=int, help="also draw val.txt: this many images with masks")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True, help="folder for labeled.txt and unlabeled.txt")
     complete.add_argument("--labeled", required=True, help="the labeled list")
@@ -109,10 +134,15 @@ def main(argv=None):
         pairs = _pairs_from_args(args)
         if args.command == "make":
             ratio = parse_ratio(args.ratio) if args.ratio else None
-            labeled, unlabeled = make_split(pairs, ratio, args.count, args.seed)
+            val_ratio = parse_ratio(args.val_ratio) if args.val_ratio else None
+            val, labeled, unlabeled = draw_split(pairs, ratio, args.count, args.seed, val_ratio, args.val_count)
             write_list(Path(args.out) / "labeled.txt", labeled)
             write_list(Path(args.out) / "unlabeled.txt", unlabeled)
-            print(f"{args.out}: {len(labeled)} labeled, {len(unlabeled)} unlabeled")
+            if val:
+                write_list(Path(args.out) / "val.txt", val)
+            images_only = sum(mask is None for _, mask in unlabeled)
+            print(f"{args.out}: {len(labeled)} labeled, {len(unlabeled)} unlabeled ({images_only} without a mask)"
+                  + (f", {len(val)} val" if val else ""))
         else:
             unlabeled = complete_split([(s.image, s.mask) for s in read_list(args.labeled)], pairs)
             write_list(args.out, unlabeled)
