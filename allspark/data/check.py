@@ -88,9 +88,11 @@ class Report:
         return "\n".join(lines)
 
 
-def full_check(root, samples, num_classes, ignore_index=IGNORE_INDEX, reduce_zero_label=False, report=None):
+def full_check(root, samples, num_classes, ignore_index=IGNORE_INDEX, reduce_zero_label=False, report=None,
+               need_mask=True):
     """Open every mask of ``samples`` (and its image's header): mode, size against the image, values that
-    are neither a class nor ignore; count the pixels of each class. Returns the :class:`Report`."""
+    are neither a class nor ignore; count the pixels of each class. Without ``need_mask`` (unlabeled
+    lists) a missing mask is no problem. Returns the :class:`Report`."""
     from PIL import Image
 
     from .semi import decode_mask
@@ -111,6 +113,8 @@ def full_check(root, samples, num_classes, ignore_index=IGNORE_INDEX, reduce_zer
         if s.mask is None:
             continue
         mask_path = root / s.mask
+        if not mask_path.is_file() and not need_mask:
+            continue
         if not mask_path.is_file():
             report.add("missing mask", f"{s.mask} (listed at {s.source})")
             continue
@@ -164,7 +168,7 @@ def main(argv=None):
             missing = missing_files(root, samples, need_mask)
             print(f"{path}: {len(samples)} samples, {len(missing)} missing file(s)")
             if args.full:
-                full_check(root, samples, cfg["nclass"], cfg["ignore_index"], reduce_zero, report)
+                full_check(root, samples, cfg["nclass"], cfg["ignore_index"], reduce_zero, report, need_mask)
             else:
                 for kind, rel, where in missing:
                     report.add(f"missing {kind}", f"{rel} (listed at {where})")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from .dist import all_reduce_sum
 from .metrics import intersection_and_union, mean_iou
 
-__all__ = ["predict", "sliding_window", "window_grid", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
+__all__ = ["class_scores", "predict", "sliding_window", "window_grid", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
 
 EVAL_MODES = ("original", "center_crop", "sliding_window", "multiscale")
 
@@ -88,17 +88,25 @@ def multiscale(model, img, scales, flip):
     return total
 
 
+def class_scores(model, img, cfg, mode=None):
+    """Per-class scores (B, K, H', W') of one batch under ``mode`` (default cfg['eval_mode']): logits for
+    ``original`` and ``center_crop`` (H', W' the crop's), summed softmax probabilities for
+    ``sliding_window`` and ``multiscale``. Their argmax is the prediction."""
+    mode = mode or cfg["eval_mode"]
+    if mode == "sliding_window":
+        return sliding_window(model, img, cfg["crop_size"], cfg["nclass"], cfg["sliding_window_edges"] == "aligned")
+    if mode == "multiscale":
+        return multiscale(model, img, cfg["eval_scales"], cfg["eval_flip"])
+    if mode == "center_crop":
+        img, _ = center_crop(img, img[:, 0], cfg["crop_size"])
+    return logits_at_any_size(model, img)
+
+
 def predict(model, img, mask, cfg):
     """Class map (B, H', W') and the matching mask for one validation batch under cfg['eval_mode']."""
-    mode = cfg["eval_mode"]
-    if mode == "sliding_window":
-        aligned = cfg["sliding_window_edges"] == "aligned"
-        return sliding_window(model, img, cfg["crop_size"], cfg["nclass"], aligned).argmax(dim=1), mask
-    if mode == "center_crop":
-        img, mask = center_crop(img, mask, cfg["crop_size"])
-    if mode == "multiscale":
-        return multiscale(model, img, cfg["eval_scales"], cfg["eval_flip"]).argmax(dim=1), mask
-    return logits_at_any_size(model, img).argmax(dim=1), mask
+    if cfg["eval_mode"] == "center_crop":
+        _, mask = center_crop(img, mask, cfg["crop_size"])
+    return class_scores(model, img, cfg).argmax(dim=1), mask
 
 
 @torch.no_grad()

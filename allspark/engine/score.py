@@ -20,7 +20,7 @@ from .loaders import build_val_loader
 from .logger import format_iou_table, setup_logger
 from .trainer import class_names
 
-__all__ = ["main", "Visualiser"]
+__all__ = ["main", "Visualiser", "load_trained_model"]
 
 logger = logging.getLogger("allspark")
 
@@ -52,6 +52,15 @@ class Visualiser:
             panel.save(self.out_dir / (Path(sample_id).stem + ".png"))
 
 
+def load_trained_model(cfg, checkpoint, device, entry="model"):
+    """The config's model on ``device`` with the checkpoint's ``entry`` loaded (no pretrained encoder
+    weights are read: the checkpoint holds every weight); returns (model, the checkpoint dict)."""
+    model_cfg = copy.deepcopy(cfg["model"])
+    model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False
+    model = build_model(model_cfg).to(device)
+    return model, load_checkpoint(model, checkpoint, entry=entry)
+
+
 def main(args):
     """Score ``args.checkpoint`` on the config's val list; returns (mIoU, per-class IoU)."""
     env = setup_distributed(getattr(args, "port", None))
@@ -62,11 +71,8 @@ def main(args):
             cfg["eval_mode"] = args.mode
         preflight(resolve_path(cfg["data_root"]), [(resolve_path(cfg["val_id_path"]), True)],
                   hint=f" (data_root of {args.config}; see README: Data)")
-        model_cfg = copy.deepcopy(cfg["model"])
-        model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False  # the checkpoint holds every weight
-        model = build_model(model_cfg).to(env.device)
         entry = "model_ema" if getattr(args, "ema", False) else "model"
-        ckpt = load_checkpoint(model, args.checkpoint, entry=entry)
+        model, ckpt = load_trained_model(cfg, args.checkpoint, env.device, entry)
         logger.info(f"checkpoint {args.checkpoint} ({entry}): epoch {ckpt.get('epoch', '?')}, eval mode {cfg['eval_mode']}, "
                     f"world size {env.world_size}, device {env.device}")
         val = build_val_loader(cfg, env)
