@@ -1,17 +1,18 @@
-# Sourced (by bash, from the project root) by train.sh and slurm_train.sh. Reads their arguments:
+# Sourced (by bash, from the project root) by train.sh and slurm_train.sh to read their arguments:
 #   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--dry-run] [key=value ...]
-# and sets: ngpus port dataset method split config save_path log train_args (train.py and its arguments).
 #   dataset: pascal | cityscapes | coco | ade20k | toy | a dataset of your own (with --config)
 #   method:  a config under configs/<dataset>_<method>.yaml (allspark, unimatch_v2, allspark_dinov2,
 #            baseline_semi, baseline_sup, ...) or train.py's method names (allspark, unimatch_v2, semi, sup);
 #            with --config, train.py's --method (default: the config's own method)
-#   split:   a folder under splits/<dataset>/ (default: pascal 1464, cityscapes 1_16, coco 1_512, ade20k 1_64)
+#   split:   a folder under splits/<dataset>/ (default: pascal 1464, cityscapes 1_16, coco 1_512, ade20k 1_64),
+#            or the path of any folder that holds labeled.txt and unlabeled.txt
 #   key=value: config overrides, passed to train.py as --opts (e.g. epochs=2 batch_size=1 amp=bf16)
+# Sets: ngpus port dataset method split config save_path log train_args (train.py and its arguments).
 # Checks the arguments and the split lists before anything is written; the run's log is
 # <save path>/<time>.log. The scripts exit with train.py's status.
 
 usage() {
-  sed -n '2,9p' scripts/common.sh | sed 's/^# \{0,1\}//' | sed "1s|^|usage: $(basename "$0") |"
+  sed -n '2,9p' scripts/common.sh | sed 's/^#   //' | sed "1s|^|usage: $(basename "$0") |"
 }
 
 die() {
@@ -80,7 +81,11 @@ else
   name=${method:-$(basename "$config" .yaml)}
 fi
 
-if [ "$dataset" = toy ] && [ ! -f "splits/toy/$split/labeled.txt" ]; then
+if [ "${split#*/}" != "$split" ] && [ -d "$split" ]; then  # a path: the lists are in that folder
+  labeled_id_path=$split/labeled.txt
+  unlabeled_id_path=$split/unlabeled.txt
+  split=$(basename "$split")
+elif [ "$dataset" = toy ] && [ ! -f "splits/toy/$split/labeled.txt" ]; then
   labeled_id_path=splits/toy/labeled.txt
   unlabeled_id_path=splits/toy/unlabeled.txt
 else
