@@ -101,8 +101,11 @@ def test_walkthrough(tmp_path):
     out = run(py, "eval.py", "--config", str(config), "--checkpoint", str(save / "latest.pth"), *tiny)
     assert "tree" in out and "sliding_window" in out
     pred = tmp_path / "pred"
-    run(py, "predict.py", "--config", str(config), "--checkpoint", str(save / "latest.pth"), "--input",
-        str(root / "images"), "--output", str(pred), "--overlay", *tiny)
+    # two processes under torchrun, each predicting its share
+    out = run("torchrun", "--nproc_per_node=2", "--master_port=29562", "predict.py", "--config", str(config),
+              "--checkpoint", str(save / "latest.pth"), "--input", str(root / "images"), "--output", str(pred),
+              "--overlay", *tiny)
+    assert "wrote 6 prediction(s)" in out
     pngs = sorted(pred.glob("*.png"))
     assert len(pngs) == 12 and len(list((pred / "overlay").glob("*.jpg"))) == 12
     first = Image.open(pngs[0])

@@ -49,6 +49,33 @@ def test_every_pixel_covered_and_release_windows_kept(h, w, window, release_vali
         assert all(min(h - r, window) >= 29 and min(w - c, window) >= 29 for r, c in grid)
 
 
+def release_sliding_window(model, img, window, num_classes):
+    """The release's loop, written out: windows every int(2/3 window) px, cut at the border, softmax summed."""
+    b, _, h, w = img.shape
+    stride = int(window * 2 / 3)
+    final = torch.zeros(b, num_classes, h, w)
+    for row in range(0, h, stride):
+        for col in range(0, w, stride):
+            part = img[:, :, row:min(h, row + window), col:min(w, col + window)]
+            final[:, :, row:min(h, row + window), col:min(w, col + window)] += model(part).softmax(dim=1)
+    return final
+
+
+class ContentModel:
+    """Logits that depend on the window's pixels and on its size (as a real model's do)."""
+    min_input_size = 29
+
+    def __call__(self, x):
+        return torch.cat([x, x.mean(dim=(2, 3), keepdim=True).expand_as(x)], dim=1) * 3.0
+
+
+@pytest.mark.parametrize("h, w, window", [(612, 612, 513), (1024, 2048, 801)])
+def test_same_scores_as_the_release_where_its_windows_are_valid(h, w, window):
+    img = torch.randn(1, 3, h, w)
+    ours = sliding_window(ContentModel(), img, window, 6)
+    assert torch.equal(ours, release_sliding_window(ContentModel(), img, window, 6))
+
+
 def test_edge_window_moved_back_to_end_at_the_border():
     # 700 px at 513 (stride 342): the release's starts 0, 342, 684 leave a 16-px edge; it starts at 700 - 513
     assert [r for r, _ in window_grid(700, 100, 513, min_size=29)] == [0, 342, 187]

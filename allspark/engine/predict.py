@@ -83,12 +83,25 @@ def _batches(items, batch_size):
         yield batch
 
 
-def _progress(items, enabled):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm comes with timm's dependencies; without it, no bar
-        return items
-    return tqdm(items, desc="predict", unit="batch", disable=not enabled)
+class _Progress:
+    """A tqdm bar over the images on rank 0 (tqdm comes with timm's dependencies; without it, none)."""
+
+    def __init__(self, total, enabled):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, desc="predict", unit="img")
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 @torch.no_grad()
@@ -111,16 +124,18 @@ def main(args):
                     f"mode {mode}, batch size {args.batch_size}, {env.world_size} process(es) on {env.device} "
                     f"-> {args.output}")
         written = 0
-        for batch in _progress(list(_batches(shard, args.batch_size)), env.is_main):
+        progress = _Progress(len(shard), env.is_main)
+        for batch in _batches(shard, args.batch_size):  # images are read batch by batch
             img = torch.stack([normalize(image) for image, _ in batch]).to(env.device)
             scores = class_scores(model, img, cfg, mode)
             preds = scores.argmax(dim=1).cpu().numpy()
             for (image, name), pred, score in zip(batch, preds, scores):
-                if pred.shape != (image.size[1], image.size[0]):  # center_crop: the crop's prediction
-                    image = None if args.overlay else image
-                write_prediction(args.output, name, pred, palette, image if args.overlay else None,
-                                 score.cpu().numpy() if args.logits else None)
+                # (center_crop predicts the central crop only: no overlay on the whole image)
+                overlay = image if args.overlay and pred.shape == (image.size[1], image.size[0]) else None
+                write_prediction(args.output, name, pred, palette, overlay, score.cpu().numpy() if args.logits else None)
                 written += 1
+            progress.update(len(batch))
+        progress.close()
         logger.info(f"wrote {written} prediction(s) under {args.output}" + (" (this process)" if env.world_size > 1 else ""))
         return written
     finally:
