@@ -2,14 +2,10 @@
 
 Works on the CPU, one GPU, or under torchrun (each process scores its share of the val list)."""
 import argparse
-import logging
-import sys
 
-from allspark.config import ConfigError
-from allspark.data import DataError
+from allspark.engine.entry import run_main
 from allspark.engine.evaluate import EVAL_MODES
 from allspark.engine.score import main
-from allspark.models import WeightsError
 
 
 def parse_args(argv=None):
@@ -28,8 +24,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ConfigError, DataError, WeightsError) as exc:
-        logging.getLogger("allspark").error(f"error: {exc}")
-        sys.exit(2)
+    run_main(main, parse_args())

@@ -4,14 +4,10 @@ python predict.py --config C --checkpoint CKPT --input DIR|LIST.txt|IMAGE... --o
 Writes OUT/<name>.png (palette PNGs of class indices), with --overlay OUT/overlay/<name>.jpg and with
 --logits OUT/logits/<name>.npy. CPU, one GPU, or torchrun (each process predicts its share)."""
 import argparse
-import logging
-import sys
 
-from allspark.config import ConfigError
-from allspark.data import DataError
+from allspark.engine.entry import run_main
 from allspark.engine.evaluate import EVAL_MODES
 from allspark.engine.predict import main
-from allspark.models import WeightsError
 
 
 def parse_args(argv=None):
@@ -37,8 +33,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ConfigError, DataError, WeightsError) as exc:
-        logging.getLogger("allspark").error(f"error: {exc}")
-        sys.exit(2)
+    run_main(main, parse_args())

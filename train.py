@@ -2,14 +2,10 @@
 
 One process, torchrun (scripts/train.sh) or srun (scripts/slurm_train.sh); see README."""
 import argparse
-import logging
-import sys
 
-from allspark.config import ConfigError
-from allspark.data import DataError
+from allspark.engine.entry import run_main
 from allspark.engine.trainer import main
 from allspark.methods import METHODS
-from allspark.models import WeightsError
 
 
 def parse_args(argv=None):
@@ -30,8 +26,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ConfigError, DataError, WeightsError, FloatingPointError) as exc:
-        logging.getLogger("allspark").error(f"error: {exc}")
-        sys.exit(2)
+    run_main(main, parse_args(), also=(FloatingPointError,))

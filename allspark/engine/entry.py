@@ -1,0 +1,21 @@
+"""What the entry points (train.py, eval.py, predict.py) share: the errors that end a run with a message."""
+import logging
+import sys
+
+from ..config import ConfigError
+from ..data import DataError
+from ..models import WeightsError
+
+__all__ = ["USER_ERRORS", "run_main"]
+
+# Errors of the user's input (config, data, weights): logged as one line, exit status 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, WeightsError)
+
+
+def run_main(main, args, also=()):
+    """``main(args)``; a user error (or one of ``also``) is logged as ``error: ...`` and exits with status 2."""
+    try:
+        return main(args)
+    except (*USER_ERRORS, *also) as exc:
+        logging.getLogger("allspark").error(f"error: {exc}")
+        sys.exit(2)
