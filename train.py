@@ -19,6 +19,9 @@ def parse_args(argv=None):
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, read as YAML and checked like the file: --opts lr=0.01 epochs=2 "
                              "criterion.kwargs.min_kept=50000")
+    parser.add_argument("--time-limit", default=None, metavar="DURATION",
+                        help="wall-time budget (3600, 90m, 12h, 1-12:00:00): stop with a checkpoint (exit status 3) "
+                             "before it runs out, keeping a margin of twice the longest step or evaluation (>= 60 s)")
     parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)

@@ -9,7 +9,8 @@
 #   key=value: config overrides, passed to train.py as --opts (e.g. epochs=2 batch_size=1 amp=bf16)
 # Sets: ngpus port dataset method split config save_path log train_args (train.py and its arguments).
 # Checks the arguments and the split lists before anything is written; the run's log is
-# <save path>/<time>.log. The scripts exit with train.py's status.
+# <save path>/<time>.log. The scripts exit with train.py's status (0 done, 2 a clear error, 3 stopped with a
+# checkpoint: preempted, signalled or out of time; slurm_train.sh then requeues the job).
 
 usage() {
   sed -n '2,9p' scripts/common.sh | sed 's/^#   //' | sed "1s|^|usage: $(basename "$0") |"
@@ -109,7 +110,7 @@ if [ ${#overrides[@]} -gt 0 ]; then
   train_args+=(--opts "${overrides[@]}")
 fi
 
-run_logged() {  # run "$@" with its output tee'd to $log; exit with its status (not tee's)
+run_logged() {  # run "$@" with its output tee'd to $log; sets $status to its exit status (not tee's)
   if [ "$dry_run" = 1 ]; then
     printf '%q ' "$@"
     echo
@@ -117,11 +118,13 @@ run_logged() {  # run "$@" with its output tee'd to $log; exit with its status (
   fi
   mkdir -p "$save_path"
   set +e
-  "$@" 2>&1 | tee "$log"
-  local status=${PIPESTATUS[0]}
+  "$@" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
   set -e
-  if [ "$status" != 0 ]; then
-    echo "$(basename "$0"): training failed with exit status $status (log: $log)" >&2
-  fi
-  exit "$status"
+  case "$status" in
+    0) ;;
+    3) echo "$(basename "$0"): training stopped with a checkpoint (exit status 3): run the same command again to" \
+            "continue (log: $log)" >&2 ;;
+    *) echo "$(basename "$0"): training failed with exit status $status (log: $log)" >&2 ;;
+  esac
 }

@@ -5,10 +5,12 @@
 #   sh scripts/train.sh 1 29500 cityscapes unimatch_v2 1_8 batch_size=1 amp=bf16
 #   sh scripts/train.sh 1 29500 mine allspark 1_8 --config configs/mine.yaml
 # Arguments: scripts/common.sh (or --help). The log goes to exp/<dataset>/<method>/<split>/<time>.log beside
-# the checkpoints; the script exits with the training's status.
+# the checkpoints; the script exits with the training's status (torchrun turns a worker's 3, "stopped with a
+# checkpoint", into 1: the log says which).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # `sh` may be dash: the launchers need bash
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 run_logged torchrun --nproc_per_node="$ngpus" --master_addr=localhost --master_port="$port" "${train_args[@]}"
+exit "$status"

@@ -100,7 +100,7 @@ def test_torchrun_two_processes(tmp_path, toy, method):
         assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss s: [0-9.]+, Mask ratio: "
                          r"[0-9.]+, Pseudo acc: [0-9.]+, lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
         assert set(ckpt) == {"model", "model_ema", "optimizer", "epoch", "best_epoch", "previous_best",
-                             "best_epoch_ema", "previous_best_ema"}
+                             "best_epoch_ema", "previous_best_ema", "provenance"}
         assert round(ckpt["previous_best"], 2) == max(mious(log)[0::2])
         assert round(ckpt["previous_best_ema"], 2) == max(mious(log)[1::2])
         assert set(ckpt["model_ema"]) == set(ckpt["model"])
@@ -116,7 +116,7 @@ def test_torchrun_two_processes(tmp_path, toy, method):
         pseudo_acc = "" if method == "sup" else r"Pseudo acc: [0-9.]+, "  # the toy's unlabeled masks are there
         assert re.search(r"Iters: 0/\d+, Total loss: [0-9.]+, Loss x: [0-9.]+, Loss u: [0-9.]+, " + pseudo_acc +
                          r"lr: [0-9.]+, [0-9.]+ img/s, ETA", log)
-        assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best"}
+        assert set(ckpt) == {"model", "optimizer", "epoch", "best_epoch", "previous_best", "provenance"}
         assert round(ckpt["previous_best"], 2) == max(mious(log))
     assert ckpt["epoch"] == 1
     assert all(k.startswith("module.") for k in ckpt["model"])

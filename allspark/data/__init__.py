@@ -10,7 +10,7 @@ from .classes import CLASSES, PALETTES, num_classes, palette_of
 from .lists import DataError, Sample, read_list, write_list
 
 _LAZY = {"SemiDataset": "semi", "MODES": "semi", "PAD_UNLABELED": "semi", "REDUCE_ZERO_LABEL": "semi",
-         "decode_mask": "semi"}
+         "decode_mask": "semi", "read_rgb": "semi"}
 
 __all__ = ["IGNORE_INDEX", "CLASSES", "PALETTES", "num_classes", "palette_of", "DataError", "Sample", "read_list", "write_list",
            *_LAZY]

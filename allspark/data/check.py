@@ -106,10 +106,13 @@ def full_check(root, samples, num_classes, ignore_index=IGNORE_INDEX, reduce_zer
             continue
         try:
             with Image.open(image) as im:
-                size = im.size
+                size, image_mode = im.size, im.mode
         except OSError as exc:
             report.add("unreadable image", f"{s.image} (listed at {s.source}): {exc}")
             continue
+        if image_mode in ("I", "F"):
+            report.add("image of unknown range", f"{s.image} has mode {image_mode} (listed at {s.source}): "
+                       "convert it to 8-bit or 16-bit")
         if s.mask is None:
             continue
         mask_path = root / s.mask

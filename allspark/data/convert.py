@@ -14,15 +14,14 @@ Every file is written through a temporary file and a rename.
 """
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..config import IGNORE_INDEX
+from ..files import WriteError, atomic_path
 from .classes import palette_of
 from .lists import DataError
 
@@ -42,14 +41,8 @@ def save_png(array, path, palette=None):
     if palette is not None:
         im = im.convert("P")  # keeps the indices
         im.putpalette(palette)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        im.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, "mask") as tmp:
+        im.save(tmp, format="PNG")
 
 
 def label_ids_to_train_ids(label_ids):
@@ -192,7 +185,7 @@ def main(argv=None):
             written, total = convert_cityscapes(args.root, args.overwrite)
         else:
             written, total = convert_coco(args.annotations, args.out, args.overwrite)
-    except DataError as exc:
+    except (DataError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.command}: wrote {written} mask(s), {total - written} already there (of {total})")

@@ -4,9 +4,9 @@ alone (``<image>``).
 
 Kept free of torch so that the list tools (``allspark.data.splits``, ``allspark.data.toy``) start fast.
 """
-import os
-import tempfile
 from pathlib import Path
+
+from ..files import atomic_path
 
 __all__ = ["DataError", "Sample", "read_list", "write_list"]
 
@@ -53,7 +53,5 @@ def write_list(path, pairs):
     temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path, "split list") as tmp, open(tmp, "w") as f:
         f.writelines(f"{image} {mask}\n" if mask is not None else f"{image}\n" for image, mask in pairs)
-    os.replace(tmp, path)

@@ -13,13 +13,36 @@ from .classes import CLASSES
 from .lists import DataError, read_list
 from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize, seed_all
 
-__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED", "REDUCE_ZERO_LABEL", "decode_mask"]
+__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED", "REDUCE_ZERO_LABEL", "decode_mask", "read_rgb"]
 
 MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
 # Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
 # ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
 REDUCE_ZERO_LABEL = ("ade20k",)
 PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
+
+
+# 16-bit grayscale images (medical, remote sensing): read as 8-bit by v / 257, rounded (65535 -> 255), since
+# the augmentations and the normalisation work on 8-bit images; modes with no fixed range are refused.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_rgb(path, source=None):
+    """The image at ``path`` as an 8-bit RGB PIL image. 16-bit grayscale (``I;16*``) is scaled to 8 bits
+    (v / 257, rounded); 32-bit integer or float images (``I``, ``F``), whose range is unknown, raise
+    DataError naming the file and its mode (``source``: where the file was listed)."""
+    where = f" (listed at {source})" if source else ""
+    try:
+        with Image.open(path) as im:
+            if im.mode in WIDE_MODES:
+                wide = np.asarray(im, dtype=np.float64)
+                return Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L").convert("RGB")
+            if im.mode in ("I", "F"):
+                raise DataError(f"image {path}{where} has mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'} "
+                                "pixels of unknown range): convert it to 8-bit (or 16-bit grayscale) first")
+            return im.convert("RGB")
+    except OSError as exc:
+        raise DataError(f"image {path}{where} cannot be read: {exc}") from None
 
 
 def decode_mask(raw, num_classes, ignore_index=IGNORE_INDEX, reduce_zero_label=False):
@@ -124,8 +147,7 @@ class SemiDataset(Dataset):
             seed_all(seed)
         sample = self.samples[index]
         unlabeled = self.mode.startswith("train_u")
-        with Image.open(self._file(sample.image, sample, "image")) as im:
-            img = im.convert("RGB")
+        img = read_rgb(self._file(sample.image, sample, "image"), sample.source)
         if unlabeled and not self.with_labels:
             mask = Image.fromarray(np.zeros((img.size[1], img.size[0]), dtype=np.uint8))
         else:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import WriteError
 from .lists import DataError, read_list, write_list
 
 __all__ = ["scan_root", "make_split", "draw_split", "complete_split", "parse_ratio"]
@@ -147,7 +148,7 @@ def main(argv=None):
             unlabeled = complete_split([(s.image, s.mask) for s in read_list(args.labeled)], pairs)
             write_list(args.out, unlabeled)
             print(f"{args.out}: {len(unlabeled)} unlabeled")
-    except DataError as exc:
+    except (DataError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,13 +1,12 @@
 """Checkpoints in the release's format, written atomically."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_path
 from ..models import load_checkpoint
 
-__all__ = ["save_checkpoint", "release_state_dict", "resume"]
+__all__ = ["save_checkpoint", "release_state_dict", "resume", "first_non_finite", "checkpoint_tensors"]
 
 
 def release_state_dict(model):
@@ -17,16 +16,10 @@ def release_state_dict(model):
 
 
 def save_checkpoint(obj, path):
-    """torch.save to a temporary file in the same folder, then rename: a crash leaves the old file whole."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save to a temporary file in the same folder, then rename (:func:`allspark.files.atomic_path`):
+    a crash or a full disk leaves the old file whole; a failed write raises WriteError naming the file."""
+    with atomic_path(path, "checkpoint") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resume(save_path, model, optimizer, extra_modules=None):
@@ -42,3 +35,31 @@ def resume(save_path, model, optimizer, extra_modules=None):
         load_checkpoint(module, path, entry=entry, ckpt=ckpt)  # the file is read once
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt
+
+
+def checkpoint_tensors(model, optimizer, extra_modules=None):
+    """(name, tensor) for everything a checkpoint holds: the model's parameters and buffers (S-Mem
+    included), the extra modules' (``model_ema``), and the optimizer's state, named by parameter."""
+    model = getattr(model, "module", model)
+    yield from ((f"model {k}", v) for k, v in model.state_dict().items())
+    for entry, module in (extra_modules or {}).items():
+        yield from ((f"{entry} {k}", v) for k, v in module.state_dict().items())
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        for key, value in optimizer.state.get(p, {}).items():
+            yield f"optimizer {key} of {names.get(id(p), '?')}", value
+
+
+def first_non_finite(named):
+    """The name of the first floating tensor of ``named`` ((name, tensor) pairs) that holds a NaN or an
+    infinity, else None. One host synchronisation per device."""
+    items = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
+    by_device = {}
+    for i, (_, t) in enumerate(items):
+        by_device.setdefault(t.device, []).append(i)
+    bad = []
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(items[i][1]).all() for i in indices]).tolist()
+        bad += [i for i, ok in zip(indices, flags) if not ok]
+    return items[min(bad)][0] if bad else None

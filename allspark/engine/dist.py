@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "resolve_env", "setup_distributed", "cleanup", "all_reduce_sum", "broadcast_buffers",
+__all__ = ["DistEnv", "resolve_env", "setup_distributed", "cleanup", "all_reduce_sum", "any_rank", "gather_objects", "broadcast_buffers",
            "DEFAULT_PORT"]
 
 DEFAULT_PORT = 29500
@@ -87,6 +87,24 @@ def all_reduce_sum(tensor):
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag, device):
+    """True on every process when ``flag`` is true on any (one all-reduce; the flag itself for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every process (``obj`` picklable; tensors on the CPU)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_buffers(module, src=0):

@@ -4,12 +4,14 @@ import sys
 
 from ..config import ConfigError
 from ..data import DataError
+from ..files import WriteError
 from ..models import WeightsError
 
 __all__ = ["USER_ERRORS", "run_main"]
 
-# Errors of the user's input (config, data, weights): logged as one line, exit status 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, WeightsError)
+# Errors of the user's input or surroundings (config, data, weights, a file that cannot be written):
+# logged as one line, exit status 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, WeightsError, WriteError)
 
 
 def run_main(main, args, also=()):

@@ -1,4 +1,6 @@
 """Data loaders for training and validation under torch.distributed, with reproducible seeds."""
+import signal
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -42,17 +44,19 @@ class SeededSampler(Sampler):
     def __init__(self, dataset, env, seed, stream):
         self.sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed)
         self.seed, self.rank, self.stream, self.epoch = seed, env.rank, stream, 0
+        self.start = 0  # items of the epoch to skip (a run resumed mid-epoch)
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0):
+        """Draw epoch ``epoch``'s order, beginning at its ``start``-th item."""
+        self.epoch, self.start = epoch, start
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         base = epoch_seed(self.seed, self.epoch, self.rank, self.stream)
-        return ((index, base + pos) for pos, index in enumerate(self.sampler))
+        return ((index, base + pos) for pos, index in enumerate(self.sampler) if pos >= self.start)
 
     def __len__(self):
-        return len(self.sampler)
+        return len(self.sampler) - self.start
 
 
 def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
@@ -65,7 +69,14 @@ def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
     extra = dict(persistent_workers=cfg["persistent_workers"], prefetch_factor=cfg["prefetch_factor"]) if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=cfg["pin_memory"] and env.device.type == "cuda", drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(0), **extra)
+                      generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals, **extra)
+
+
+def ignore_stop_signals(worker_id):
+    """Loader workers ignore SLURM's stop signals (sent to every process of a job step): the training
+    process handles them, finishes its step and checkpoints, and its workers must live until then."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def mask_encoding(cfg):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ..config import resolve_path
-from ..data import DataError, palette_of, read_list
+from ..data import DataError, palette_of, read_list, read_rgb
 from ..data.splits import IMAGE_EXTS
 from ..data.transforms import normalize
 from ..methods import load_training_config
@@ -72,8 +72,7 @@ def _batches(items, batch_size):
     """Consecutive items in batches of up to ``batch_size`` images of one size."""
     batch, size = [], None
     for path, name in items:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = read_rgb(path)
         if batch and (len(batch) == batch_size or image.size != size):
             yield batch
             batch = []
@@ -117,7 +116,7 @@ def main(args):
         items = collect_inputs(args.input, resolve_path(args.root) if args.root else resolve_path(cfg["data_root"]))
         shard = items[env.rank::env.world_size]
         entry = "model_ema" if args.ema else "model"
-        model, ckpt = load_trained_model(cfg, args.checkpoint, env.device, entry)
+        model, ckpt = load_trained_model(cfg, args.checkpoint, env.device, entry, args.config)
         model.eval()
         palette = palette_of(cfg["dataset"], cfg["nclass"], cfg["palette"])
         logger.info(f"predicting {len(items)} image(s) with {args.checkpoint} ({entry}, epoch {ckpt.get('epoch', '?')}), "

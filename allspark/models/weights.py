@@ -6,7 +6,7 @@ import torch
 
 from ..config import PROJECT_ROOT
 
-__all__ = ["WeightsError", "load_pretrained_backbone", "load_checkpoint", "PRETRAINED_DIR", "PRETRAINED_FILES"]
+__all__ = ["WeightsError", "load_pretrained_backbone", "load_checkpoint", "read_checkpoint", "PRETRAINED_DIR", "PRETRAINED_FILES"]
 
 logger = logging.getLogger("allspark")
 
@@ -44,6 +44,15 @@ def _read(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; name the file either way
         raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+
+
+def read_checkpoint(path):
+    """The contents of a checkpoint file (``torch.load(..., weights_only=True)`` on the CPU); a missing or
+    unreadable file raises WeightsError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    return _read(path)
 
 
 def _state_dict_of(obj, path, entries):
