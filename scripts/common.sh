@@ -1,5 +1,5 @@
 # Sourced (by bash, from the project root) by train.sh and slurm_train.sh to read their arguments:
-#   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--dry-run] [key=value ...]
+#   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--time-limit D] [--dry-run] [key=value ...]
 #   dataset: pascal | cityscapes | coco | ade20k | toy | a dataset of your own (with --config)
 #   method:  a config under configs/<dataset>_<method>.yaml (allspark, unimatch_v2, allspark_dinov2,
 #            baseline_semi, baseline_sup, ...) or train.py's method names (allspark, unimatch_v2, semi, sup);
@@ -25,6 +25,7 @@ positional=()
 overrides=()
 config=""
 save_path=""
+time_limit=""
 dry_run=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,6 +33,8 @@ while [ $# -gt 0 ]; do
     --config=*) config=${1#*=}; shift ;;
     --save-path) [ $# -ge 2 ] || die "--save-path needs a folder"; save_path=$2; shift 2 ;;
     --save-path=*) save_path=${1#*=}; shift ;;
+    --time-limit) [ $# -ge 2 ] || die "--time-limit needs a duration"; time_limit=$2; shift 2 ;;
+    --time-limit=*) time_limit=${1#*=}; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -106,6 +109,9 @@ save_path=${save_path:-exp/$dataset/$name/$split}
 log=$save_path/$(date +"%Y%m%d_%H%M%S").log
 train_args=(train.py --config="$config" "${method_args[@]}" --labeled-id-path "$labeled_id_path"
             --unlabeled-id-path "$unlabeled_id_path" --save-path "$save_path" --port "$port")
+if [ -n "$time_limit" ]; then
+  train_args+=(--time-limit "$time_limit")
+fi
 if [ ${#overrides[@]} -gt 0 ]; then
   train_args+=(--opts "${overrides[@]}")
 fi

@@ -26,6 +26,7 @@ def launch(script, *args, env=None, shell="sh"):
     ("1 29501 coco unimatch_v2", "--config=configs/coco_unimatch_v2.yaml --labeled-id-path splits/coco/1_512/"),
     ("2 29502 toy sup", "--config=configs/toy_baseline_sup.yaml --labeled-id-path splits/toy/labeled.txt"),
     ("1 29503 pascal unimatch_v2 92 epochs=2 lr=0.01", "--port 29503 --opts epochs=2 lr=0.01"),
+    ("1 29503 pascal --time-limit 71h epochs=2", "--port 29503 --time-limit 71h --opts epochs=2"),
     ("1 29503 cityscapes allspark 1_8 --config /x/release.yaml", "--config=/x/release.yaml --method allspark "),
     ("1 29503 pascal --save-path /tmp/run 'eval_scales=[1.0, 1.5]'",
      "--save-path /tmp/run --port 29503 --opts eval_scales=[1.0, 1.5]"),
