@@ -108,6 +108,19 @@ def test_lock_names_the_holder_and_a_dead_holder_does_not_block(tmp_path):
     RunLock(tmp_path).acquire().release()  # and does not block
 
 
+def test_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch, caplog):
+    import fcntl
+    import logging
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="allspark"):
+        RunLock(tmp_path).acquire()
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
 def test_second_run_on_the_same_save_path_stops_at_once(tmp_path, data):
     cfg = write_config(tmp_path / "c.yaml", data, epochs=200)
     save = tmp_path / "run"

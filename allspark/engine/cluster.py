@@ -1,5 +1,6 @@
 """What a run needs to survive a cluster: one run per save path (a lock), no orphaned workers, a stop on
 SLURM's signals or a wall-time budget, and the run's provenance in its logs and checkpoints."""
+import errno
 import fcntl
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config import PROJECT_ROOT, ConfigError
+from ..files import WriteError
 
 __all__ = ["EXIT_PREEMPTED", "EXIT_ORPHANED", "RunLock", "RunLockedError", "watch_parent", "StopRequest",
            "parse_duration", "provenance"]
@@ -38,10 +40,19 @@ class RunLock:
         self.file = None
 
     def acquire(self):
-        f = open(self.path, "a+")
+        try:
+            f = open(self.path, "a+")
+        except OSError as exc:
+            raise WriteError(f"cannot write the lock file {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # a file system without locks (some NFS set-ups): run, but say that nothing guards the folder
+                logger.warning(f"cannot lock {self.path} ({exc.strerror or exc}): two runs on this save path would "
+                               "not be stopped")
+                f.close()
+                return self
             f.seek(0)
             holder = f.read().strip() or "unknown holder"
             f.close()
