@@ -333,6 +333,31 @@ def test_save_path_that_is_a_file(tmp_path, data):
     assert "Traceback" not in out.stdout + out.stderr
 
 
+def png16(path, arr):
+    """A 16-bit PNG (grayscale (H, W) or RGB (H, W, 3) uint16), written by hand: PIL writes no 16-bit RGB."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if arr.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_is_read_at_8_bits(tmp_path):
+    wide = (np.arange(24).reshape(2, 4, 3) * 2700).astype(np.uint16)
+    png16(tmp_path / "rgb16.png", wide)
+    rgb = np.array(read_rgb(tmp_path / "rgb16.png")).astype(int)
+    assert (np.abs(rgb - np.round(wide / 257)) <= 1).all() and rgb.max() > 100, "scaled, not clipped"
+    png16(tmp_path / "g16.png", wide[..., 0])
+    assert (np.array(read_rgb(tmp_path / "g16.png"))[..., 1] == np.round(wide[..., 0] / 257)).all()
+
+
 def test_16_bit_images_are_scaled_and_32_bit_refused(tmp_path):
     wide = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
     Image.fromarray(wide).save(tmp_path / "w.png")
