@@ -127,13 +127,18 @@ def test_second_run_on_the_same_save_path_stops_at_once(tmp_path, data):
     first = start(train_args(cfg, data, save), start_new_session=True)
     try:
         wait_for_line(first, "===========> Epoch: 0")
+        (save / ".latest.pth.x1y2.tmp").write_bytes(b"half")  # as a SIGKILL mid-write leaves it
         second = run(train_args(cfg, data, save))
         assert second.returncode == 2
+        assert (save / ".latest.pth.x1y2.tmp").exists(), "not the second run's to remove"
         assert f"error: another run is using {save} (host " in second.stdout and f"pid {first.pid}" in second.stdout
         assert "Epoch:" not in second.stdout
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate()
+    third = run(train_args(write_config(tmp_path / "c.yaml", data, epochs=1), data, save))  # the lock is free again
+    assert third.returncode == 0 and "removed .latest.pth.x1y2.tmp" in third.stdout
+    assert not (save / ".latest.pth.x1y2.tmp").exists()
 
 
 # ---- no orphans -----------------------------------------------------------------------------------------

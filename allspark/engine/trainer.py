@@ -273,7 +273,8 @@ def make_save_path(path):
 
 
 def _lock(save_path, env):
-    """Rank 0 takes the save path's lock; every process stops when it cannot (RunLockedError)."""
+    """Rank 0 takes the save path's lock; every process stops when it cannot (RunLockedError). With the
+    lock held, temporary files left by a run killed while writing are removed."""
     lock, error = None, None
     if env.is_main:
         try:
@@ -282,6 +283,10 @@ def _lock(save_path, env):
             error = exc
     if any_rank(error is not None, env.device):
         raise error or RunLockedError(f"rank 0 could not lock {save_path}: another run is using it")
+    if env.is_main:
+        for stale in sorted(Path(save_path).glob(".*.pth.*.tmp")):
+            stale.unlink(missing_ok=True)
+            logger.info(f"removed {stale.name}: a checkpoint a killed run was writing (the previous file is whole)")
     return lock
 
 
