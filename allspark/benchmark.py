@@ -46,6 +46,8 @@ def _model_cfg(cfg, args):
             decoder["kwargs"]["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
     if args.num_class:
         decoder["kwargs"]["num_class"] = args.num_class
+    if args.attention and decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
+        decoder["kwargs"]["attention"] = args.attention
     if decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
         decoder["kwargs"]["image_size"] = args.crop  # S-Mem is sized for the training crop
     return model_cfg
@@ -60,6 +62,34 @@ def _peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def step_peak_memory_mb(fn, device):
+    """The peak of the memory one call of ``fn`` allocates beyond what exists when it starts (MiB): on CUDA
+    from ``max_memory_allocated``; on the CPU from torch.profiler's memory timeline (every tensor's
+    creation and destruction), or None where that timeline is not available."""
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import Action  # (a private module: guarded)
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    current = peak = 0
+    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda event: event[0]):
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak / 2 ** 20
 
 
 def _timed(fn, steps, warmup, device):
@@ -135,6 +165,7 @@ def run_benchmark(args):
     images_per_step = batch * (1 if method.unlabeled_mode is None else 2)
     train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
+    step_peak = step_peak_memory_mb(step, device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
         "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
@@ -143,7 +174,10 @@ def run_benchmark(args):
         "compile": args.compile, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "attention": model_cfg["decoder"]["kwargs"].get("attention", "exact")
+        if model_cfg["decoder"]["type"] in ("allspark", "model.semseg.allspark.SemiDecoder") else None,
         "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
+        "train_step_allocated_mb": step_peak,
         "eval_forward": _summary(eval_times, batch), "peak_memory_kind":
             "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
     }
@@ -164,6 +198,8 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS) + sorted(DINOV2_PRESETS),
                         help="override the encoder (MiT presets for MiT configs, DINOv2 presets for DINOv2 ones)")
     parser.add_argument("--num-class", type=int, default=None, help="override the class count")
+    parser.add_argument("--attention", default=None, choices=["exact", "fused"],
+                        help="AllSpark's attention path (the config's model.decoder.kwargs.attention by default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -174,10 +210,13 @@ def main(argv=None):
     t, e = res["train_step"], res["eval_forward"]
     print(f"{res['method']} {res['backbone']} K={res['num_class']} crop {res['crop']} batch {res['batch_size']}"
           f"{' + ' + str(res['batch_size']) if res['unlabeled'] else ''}"
-          f"{' memory ' + res['memory'] if res['memory'] else ''} amp {res['amp']}"
+          f"{' memory ' + res['memory'] if res['memory'] else ''}"
+          f"{' attention ' + res['attention'] if res['attention'] else ''} amp {res['amp']}"
           f"{' compiled' if res['compile'] else ''} on {res['device']} ({res['threads']} threads)")
     print(f"train step : median {t['median_s']:.4f} s (min {t['min_s']:.4f}, max {t['max_s']:.4f}), "
           f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")
+    if res["train_step_allocated_mb"] is not None:
+        print(f"train step : {res['train_step_allocated_mb']:.0f} MiB allocated at its peak (the step's own tensors)")
     print(f"eval fwd   : median {e['median_s']:.4f} s (min {e['min_s']:.4f}, max {e['max_s']:.4f}), "
           f"{e['images_per_s']:.1f} img/s")
     if args.out:

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 
 @pytest.mark.parametrize("config, crop, extra, header", [
-    ("toy_allspark", 65, ["--memory", "on"], "batch 1 + 1 memory on amp none"),
+    ("toy_allspark", 65, ["--memory", "on"], "batch 1 + 1 memory on attention exact amp none"),
+    ("toy_allspark", 65, ["--attention", "fused"], "batch 1 + 1 memory on attention fused amp none"),
     ("toy_baseline_sup", 65, [], "batch 1 amp none"),
     ("toy_unimatch_v2", 70, [], "batch 1 + 1 amp none"),  # EMA pass, two forwards, AdamW, EMA update
 ])
@@ -21,5 +22,6 @@ def test_benchmark_writes_its_report(tmp_path, config, crop, extra, header, caps
     assert res["crop"] == crop and res["batch_size"] == 1 and res["device"] == "cpu"
     assert len(res["train_step"]["steps_s"]) == 2 and res["train_step"]["median_s"] > 0
     assert res["eval_forward"]["images_per_s"] > 0 and res["train_peak_memory_mb"] > 0
+    assert res["train_step_allocated_mb"] > 0, "the step's own allocations, from the profiler's memory timeline"
     printed = capsys.readouterr().out
     assert "train step : median" in printed and header in printed

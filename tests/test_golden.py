@@ -17,8 +17,14 @@ GRAD_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def golden():
+def golden_file_contents():
     return torch.load(golden_file("allspark_ref_small.pt"), weights_only=False)
+
+
+@pytest.fixture(scope="module", params=["exact", "fused"])
+def golden(request, golden_file_contents):
+    """The reference, with the attention path the model is built with: every test runs for both."""
+    return {**golden_file_contents, "attention": request.param}
 
 
 def golden_model(golden):
@@ -28,7 +34,8 @@ def golden_model(golden):
                                                "depths": c["depths"], "drop_path_rate": 0.0}},
         "decoder": {"type": "allspark", "kwargs": {"num_heads": c["heads"], "num_class": c["ncls"],
                                                    "in_planes": c["dims"], "image_size": c["crop"],
-                                                   "warmup_epoch": 1, "embedding_dim": c["emb"]}},
+                                                   "warmup_epoch": 1, "embedding_dim": c["emb"],
+                                                   "attention": golden["attention"]}},
     }
     model = zero_dropout(build_model(cfg))
     model.load_state_dict(golden["state_dict"])

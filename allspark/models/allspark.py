@@ -13,10 +13,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import fused_attention, score_std
 from .dpt import DPTHead
 from .segformer_head import SegFormerHead
 
 __all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes",
+           "fused_attention", "score_std", "ATTENTION_PATHS",
            "memory_tokens"]
 
 
@@ -32,6 +34,9 @@ def _attention_weights(q, k):
         with torch.autocast(q.device.type, enabled=False):
             return _attention_weights(q.float(), k.float())
     return F.instance_norm(q @ k, eps=1e-5).softmax(dim=-1)
+
+
+ATTENTION_PATHS = ("exact", "fused")
 
 
 def _gather_from_all_ranks(tensor):
@@ -127,9 +132,12 @@ class ChannelAttention(SemanticMemory):
     (``attn.kv_queue``, ``attn.queue_ptr``). Every linear layer maps C -> h*C (or back) without bias.
     """
 
-    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1):
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention="exact"):
         super().__init__(num_class, channels, patch_num)
+        if attention not in ATTENTION_PATHS:
+            raise ValueError(f"AllSpark: attention must be one of {list(ATTENTION_PATHS)}, got {attention!r}")
         self.num_heads = num_heads
+        self.attention = attention
         inner = channels * num_heads
         self.q_u = nn.Linear(channels, inner, bias=False)
         self.k_u = nn.Linear(channels, inner, bias=False)
@@ -146,6 +154,9 @@ class ChannelAttention(SemanticMemory):
         # batches of all processes, in rank order, so the memories stay identical.
         self.gather_memory = False
 
+    def _dropout_p(self):
+        return self.attn_dropout.p if self.training else 0.0
+
     def self_attention(self, emb_u):
         """Multi-head channel self-attention of the unlabeled half: (B, N, C) -> (B, N, C)."""
         B, N, C = emb_u.shape
@@ -157,8 +168,11 @@ class ChannelAttention(SemanticMemory):
         q = heads(self.q_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
         k = heads(self.k_u(emb_u))  # (B, h, N, C)
         v = heads(self.v_u(emb_u)).transpose(-1, -2)  # (B, h, C, N)
-        attn = self.attn_dropout(_attention_weights(q, k))  # (B, h, C, C)
-        out = attn @ v  # (B, h, C, N)
+        if self.attention == "fused":
+            out = fused_attention(q, k, v, self._dropout_p())
+        else:
+            attn = self.attn_dropout(_attention_weights(q, k))  # (B, h, C, C)
+            out = attn @ v  # (B, h, C, N)
         # Channel-major flattening (feature index = c * h + head), as the release lays it out.
         out = out.permute(0, 3, 2, 1).reshape(B, N, C * h)
         return self.proj_dropout(self.out_u(out))
@@ -173,8 +187,11 @@ class ChannelAttention(SemanticMemory):
         # repeats them once per image).
         k = self.k_l2u(source).transpose(0, 1).reshape(N, -1)  # (N, S*h*C)
         v = self.v_l2u(source).transpose(0, 1).reshape(N, -1)
-        attn = self.attn_dropout(_attention_weights(q, k))  # (B, 1, h*C, S*h*C)
-        out = (attn @ v.T).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
+        if self.attention == "fused":
+            out = fused_attention(q, k, v.T, self._dropout_p()).squeeze(1).transpose(-1, -2)
+        else:
+            attn = self.attn_dropout(_attention_weights(q, k))  # (B, 1, h*C, S*h*C)
+            out = (attn @ v.T).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
         return self.proj_dropout(self.out_l2u(out))
 
     def forward(self, emb, size, pseudo_logits=None, use_memory=False):
@@ -210,11 +227,11 @@ class AllSpark(nn.Module):
     """The bottleneck on the stage-4 map: map_in (1x1 conv + GELU) -> LayerNorm -> channel attention
     (+ residual) -> LayerNorm -> map_out (1x1 conv + GELU). (2B or B, C, h4, w4) -> same shape."""
 
-    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1):
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention="exact"):
         super().__init__()
         self.map_in = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.GELU())
         self.attn_norm = nn.LayerNorm(channels, eps=1e-6)
-        self.attn = ChannelAttention(channels, num_heads, num_class, patch_num, attn_drop)
+        self.attn = ChannelAttention(channels, num_heads, num_class, patch_num, attn_drop, attention)
         self.encoder_norm = nn.LayerNorm(channels, eps=1e-6)
         self.map_out = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.GELU())
 
@@ -245,12 +262,14 @@ class AllSparkDecoder(nn.Module):
     ``forward(feats, pseudo_logits, use_memory)`` with four maps (B, in_planes[i], h_i, w_i) returns
     logits at the head's resolution (SegFormer: the first map's size; DPT: 8x a patch encoder's grid).
     ``warmup_epoch`` is kept for the trainer, which turns the memory on from that epoch. ``patch_size``
-    (the builder passes the encoder's, None for MiT) sizes S-Mem (:func:`memory_tokens`).
+    (the builder passes the encoder's, None for MiT) sizes S-Mem (:func:`memory_tokens`). ``attention``:
+    ``exact`` (the release's instance norm, softmax and dropout on the score matrix) or ``fused`` (the same
+    function through :func:`fused_attention`, without the score matrix kept for backward).
     """
 
     def __init__(self, num_class, in_planes, image_size, warmup_epoch, num_heads=2, embedding_dim=768,
                  attention_dropout=0.1, head="segformer", features=256, out_channels=(256, 512, 1024, 1024),
-                 use_bn=False, patch_size=None):
+                 use_bn=False, patch_size=None, attention="exact"):
         super().__init__()
         if head not in ("segformer", "dpt"):
             raise ValueError(f"AllSpark: head must be 'segformer' or 'dpt', got {head!r}")
@@ -258,7 +277,7 @@ class AllSparkDecoder(nn.Module):
             raise ValueError("AllSpark: head 'dpt' needs a patch encoder (dinov2*) whose four maps have one width")
         self.warmup_epoch = warmup_epoch
         self.allspark = AllSpark(in_planes[-1], num_heads, num_class, memory_tokens(image_size, patch_size),
-                                 attention_dropout)
+                                 attention_dropout, attention)
         if head == "segformer":
             self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
         else:
