@@ -140,6 +140,10 @@ def run_benchmark(args):
     model_cfg = _model_cfg(cfg, args)
     num_class = model_cfg["decoder"]["kwargs"]["num_class"]
     model = build_model(model_cfg).to(device)
+    args.activation_checkpointing = (cfg["activation_checkpointing"] if args.activation_checkpointing is None
+                                     else args.activation_checkpointing)
+    if args.activation_checkpointing:
+        model.backbone.set_grad_checkpointing(True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     net = compile_model(model) if args.compile else model
@@ -171,7 +175,7 @@ def run_benchmark(args):
         "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
         "num_class": num_class, "crop": args.crop, "batch_size": batch, "unlabeled": method.unlabeled_mode is not None,
         "memory": args.memory if hasattr(method, "warmup_epoch") else None, "amp": args.amp,
-        "compile": args.compile, "device": str(device),
+        "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "attention": model_cfg["decoder"]["kwargs"].get("attention", "exact")
@@ -198,6 +202,8 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS) + sorted(DINOV2_PRESETS),
                         help="override the encoder (MiT presets for MiT configs, DINOv2 presets for DINOv2 ones)")
     parser.add_argument("--num-class", type=int, default=None, help="override the class count")
+    parser.add_argument("--activation-checkpointing", default=None, action=argparse.BooleanOptionalAction,
+                        help="recompute the encoder's blocks in backward (the config's activation_checkpointing by default)")
     parser.add_argument("--attention", default=None, choices=["exact", "fused"],
                         help="AllSpark's attention path (the config's model.decoder.kwargs.attention by default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -212,7 +218,8 @@ def main(argv=None):
           f"{' + ' + str(res['batch_size']) if res['unlabeled'] else ''}"
           f"{' memory ' + res['memory'] if res['memory'] else ''}"
           f"{' attention ' + res['attention'] if res['attention'] else ''} amp {res['amp']}"
-          f"{' compiled' if res['compile'] else ''} on {res['device']} ({res['threads']} threads)")
+          f"{' compiled' if res['compile'] else ''}{' checkpointed' if res['activation_checkpointing'] else ''}"
+          f" on {res['device']} ({res['threads']} threads)")
     print(f"train step : median {t['median_s']:.4f} s (min {t['min_s']:.4f}, max {t['max_s']:.4f}), "
           f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")
     if res["train_step_allocated_mb"] is not None:

@@ -60,6 +60,8 @@ SCHEMA = {
     # speed with a documented numeric change, off by default (the release trains in fp32, eagerly)
     "amp": (False, str, "none", ("none", "bf16", "fp16")),
     "compile": (False, bool, False, None),
+    # recompute the encoder blocks' activations in backward instead of keeping them: less memory, same numbers
+    "activation_checkpointing": (False, bool, False, None),
 }
 
 

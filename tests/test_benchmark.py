@@ -10,7 +10,8 @@ from conftest import ROOT
 
 @pytest.mark.parametrize("config, crop, extra, header", [
     ("toy_allspark", 65, ["--memory", "on"], "batch 1 + 1 memory on attention exact amp none"),
-    ("toy_allspark", 65, ["--attention", "fused"], "batch 1 + 1 memory on attention fused amp none"),
+    ("toy_allspark", 65, ["--attention", "fused", "--activation-checkpointing"],
+     "batch 1 + 1 memory on attention fused amp none checkpointed"),
     ("toy_baseline_sup", 65, [], "batch 1 amp none"),
     ("toy_unimatch_v2", 70, [], "batch 1 + 1 amp none"),  # EMA pass, two forwards, AdamW, EMA update
 ])

@@ -227,6 +227,12 @@ def _prepare_model(cfg, env, method_cls):
         model.backbone.requires_grad_(False)
         logger.info("lock_backbone: the encoder is frozen")
     method_cls.configure_model(cfg, model)
+    if cfg["activation_checkpointing"]:
+        if not hasattr(model.backbone, "set_grad_checkpointing"):
+            raise ConfigError(f"activation_checkpointing: the encoder {type(model.backbone).__name__} cannot recompute "
+                              "its blocks")
+        model.backbone.set_grad_checkpointing(True)
+        logger.info("activation checkpointing: the encoder's blocks are recomputed in backward")
     model.to(env.device)
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the releases: fixed crop sizes

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from .presets import preset_factory
 
@@ -113,7 +114,10 @@ class DINOv2(VisionTransformer):
         x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
         wanted, outs = set(self.layers), []
         for i, block in enumerate(self.blocks[:max(self.layers) + 1]):
-            x = block(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():  # timm's set_grad_checkpointing()
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if i in wanted:
                 outs.append(x)
         return [self.norm(out)[:, 1:] for out in outs]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
+from torch.utils.checkpoint import checkpoint
 
 from .presets import preset_factory
 
@@ -136,6 +137,7 @@ class MixVisionTransformer(nn.Module):
         self.embed_dims = list(embed_dims)
         self.depths = list(depths)
         self.sr_ratios = list(sr_ratios)
+        self.grad_checkpointing = False
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         # Registration order (all patch embeddings, then blocks and norms per stage) is SegFormer's,
@@ -169,6 +171,11 @@ class MixVisionTransformer(nn.Module):
             if m.bias is not None:
                 m.bias.data.zero_()
 
+    def set_grad_checkpointing(self, enable=True):
+        """Activation checkpointing of every block (timm's name): a block's activations are recomputed in
+        backward instead of kept, with the same random draws (drop-path), so the numbers do not change."""
+        self.grad_checkpointing = enable
+
     @property
     def min_input_size(self):
         """The shortest image side the encoder takes: at every stage the map must be at least as large as
@@ -190,7 +197,10 @@ class MixVisionTransformer(nn.Module):
         for i in range(1, 5):
             x, H, W = getattr(self, f"patch_embed{i}")(x)
             for blk in getattr(self, f"block{i}"):
-                x = blk(x, H, W)
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(blk, x, H, W, use_reentrant=False)
+                else:
+                    x = blk(x, H, W)
             x = getattr(self, f"norm{i}")(x)
             x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)
             outs.append(x)
