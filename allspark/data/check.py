@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import IGNORE_INDEX, ConfigError, load_data_config, resolve_path
-from .classes import CLASSES
+from .classes import CLASSES, REDUCE_ZERO_LABEL
 from .lists import DataError, read_list
 
 __all__ = ["missing_files", "preflight", "full_check", "Report", "main"]
@@ -116,10 +116,9 @@ def full_check(root, samples, num_classes, ignore_index=IGNORE_INDEX, reduce_zer
         if s.mask is None:
             continue
         mask_path = root / s.mask
-        if not mask_path.is_file() and not need_mask:
-            continue
         if not mask_path.is_file():
-            report.add("missing mask", f"{s.mask} (listed at {s.source})")
+            if need_mask:  # (an unlabeled list's masks are optional)
+                report.add("missing mask", f"{s.mask} (listed at {s.source})")
             continue
         try:
             with Image.open(mask_path) as m:
@@ -162,7 +161,8 @@ def main(argv=None):
             + [(Path(p), False) for p in args.unlabeled]
         names = cfg["classes"] or CLASSES.get(cfg["dataset"])
         names = names if names and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
-        reduce_zero = cfg["reduce_zero_label"] if cfg["reduce_zero_label"] is not None else cfg["dataset"] == "ade20k"
+        reduce_zero = (cfg["reduce_zero_label"] if cfg["reduce_zero_label"] is not None
+                       else cfg["dataset"] in REDUCE_ZERO_LABEL)
         if not root.is_dir():
             raise DataError(f"dataset root not found: {root} (data_root in {args.config})")
         report = Report(cfg["nclass"])

@@ -1,5 +1,9 @@
 """Class names and colour palettes of the supported datasets."""
-__all__ = ["CLASSES", "PALETTES", "voc_palette", "num_classes", "palette_of"]
+__all__ = ["CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "voc_palette", "num_classes", "palette_of"]
+
+# Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
+# ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
+REDUCE_ZERO_LABEL = ("ade20k",)
 
 CLASSES = {
     "pascal": [

@@ -9,16 +9,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import IGNORE_INDEX
-from .classes import CLASSES
+from .classes import CLASSES, REDUCE_ZERO_LABEL
 from .lists import DataError, read_list
 from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize, seed_all
 
-__all__ = ["SemiDataset", "MODES", "IGNORE_INDEX", "PAD_UNLABELED", "REDUCE_ZERO_LABEL", "decode_mask", "read_rgb"]
+__all__ = ["SemiDataset", "MODES", "PAD_UNLABELED", "decode_mask", "read_rgb"]
 
 MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
-# Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
-# ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
-REDUCE_ZERO_LABEL = ("ade20k",)
 PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
 
 
