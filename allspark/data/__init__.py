@@ -6,12 +6,12 @@ The dataset (and with it torch / torchvision) is imported on first use, so that 
 import importlib
 
 from ..config import IGNORE_INDEX
-from .classes import CLASSES, PALETTES, REDUCE_ZERO_LABEL, num_classes, palette_of
+from .classes import CLASSES, PALETTES, REDUCE_ZERO_LABEL, class_names, num_classes, palette_of
 from .lists import DataError, Sample, read_list, write_list
 
 _LAZY = {"SemiDataset": "semi", "MODES": "semi", "PAD_UNLABELED": "semi", "decode_mask": "semi", "read_rgb": "semi"}
 
-__all__ = ["IGNORE_INDEX", "CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "num_classes", "palette_of", "DataError", "Sample", "read_list", "write_list",
+__all__ = ["IGNORE_INDEX", "CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "class_names", "num_classes", "palette_of", "DataError", "Sample", "read_list", "write_list",
            *_LAZY]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import IGNORE_INDEX, ConfigError, load_data_config, resolve_path
-from .classes import CLASSES, REDUCE_ZERO_LABEL
+from .classes import REDUCE_ZERO_LABEL, class_names
 from .lists import DataError, read_list
 
 __all__ = ["missing_files", "preflight", "full_check", "Report", "main"]
@@ -159,8 +159,7 @@ def main(argv=None):
         root = resolve_path(cfg["data_root"])
         lists = [(resolve_path(cfg["val_id_path"]), True)] + [(Path(p), True) for p in args.lists] \
             + [(Path(p), False) for p in args.unlabeled]
-        names = cfg["classes"] or CLASSES.get(cfg["dataset"])
-        names = names if names and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
+        names = class_names(cfg)
         reduce_zero = (cfg["reduce_zero_label"] if cfg["reduce_zero_label"] is not None
                        else cfg["dataset"] in REDUCE_ZERO_LABEL)
         if not root.is_dir():

@@ -1,5 +1,5 @@
 """Class names and colour palettes of the supported datasets."""
-__all__ = ["CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "voc_palette", "num_classes", "palette_of"]
+__all__ = ["CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "voc_palette", "num_classes", "class_names", "palette_of"]
 
 # Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
 # ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
@@ -82,6 +82,12 @@ IGNORE_COLOUR = (255, 255, 255)  # ignore (255) pixels, as VOC draws its border 
 def num_classes(name):
     """Number of classes of a known dataset name."""
     return len(CLASSES[name])
+
+
+def class_names(cfg):
+    """A config's class names: its ``classes``, else a known dataset's names, else '0', '1', ..."""
+    names = cfg.get("classes") or CLASSES.get(cfg["dataset"])
+    return names if names is not None and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
 
 
 def palette_of(name, n=None, colours=None):

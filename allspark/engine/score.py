@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..methods import load_training_config
 from ..config import resolve_path
-from ..data import palette_of
+from ..data import class_names, palette_of
 from ..data.check import preflight
 from ..data.transforms import MEAN, STD
 from ..models import build_model, load_checkpoint, read_checkpoint
@@ -18,7 +18,6 @@ from .dist import cleanup, setup_distributed
 from .evaluate import evaluate
 from .loaders import build_val_loader
 from .logger import format_iou_table, setup_logger
-from .trainer import class_names
 
 __all__ = ["main", "Visualiser", "load_trained_model"]
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, resolve_path
-from ..data import CLASSES, DataError
+from ..data import DataError, class_names
 from ..data.check import preflight
 from ..files import WriteError
 from ..methods import get_method, load_training_config, to_device
@@ -46,12 +46,6 @@ def set_lr(optimizer, lr, lr_multi):
     """Group 0 (the backbone) at ``lr``, group 1 (the rest) at ``lr x lr_multi``."""
     optimizer.param_groups[0]["lr"] = lr
     optimizer.param_groups[1]["lr"] = lr * lr_multi
-
-
-def class_names(cfg):
-    """The config's ``classes``, else a known dataset's names, else '0', '1', ..."""
-    names = cfg.get("classes") or CLASSES.get(cfg["dataset"])
-    return names if names is not None and len(names) == cfg["nclass"] else [str(i) for i in range(cfg["nclass"])]
 
 
 def train_step(method, net, batch, optimizer, scaler, *, epoch, device, amp="none", **kwargs):
