@@ -28,6 +28,7 @@ from .engine.speed import AMP_DTYPES, autocast, compile_model, grad_scaler
 from .engine.trainer import train_step
 from .methods import get_method, load_training_config
 from .models import MIT_PRESETS, build_model
+from .models.allspark import ATTENTION_PATHS, DEFAULT_ATTENTION
 from .models.dinov2 import DINOV2_PRESETS
 
 __all__ = ["run_benchmark", "main"]
@@ -178,7 +179,7 @@ def run_benchmark(args):
         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "attention": model_cfg["decoder"]["kwargs"].get("attention", "exact")
+        "attention": model_cfg["decoder"]["kwargs"].get("attention", DEFAULT_ATTENTION)
         if model_cfg["decoder"]["type"] in ("allspark", "model.semseg.allspark.SemiDecoder") else None,
         "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
         "train_step_allocated_mb": step_peak,
@@ -204,7 +205,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-class", type=int, default=None, help="override the class count")
     parser.add_argument("--activation-checkpointing", default=None, action=argparse.BooleanOptionalAction,
                         help="recompute the encoder's blocks in backward (the config's activation_checkpointing by default)")
-    parser.add_argument("--attention", default=None, choices=["exact", "fused"],
+    parser.add_argument("--attention", default=None, choices=list(ATTENTION_PATHS),
                         help="AllSpark's attention path (the config's model.decoder.kwargs.attention by default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 
 @pytest.mark.parametrize("config, crop, extra, header", [
-    ("toy_allspark", 65, ["--memory", "on"], "batch 1 + 1 memory on attention exact amp none"),
+    ("toy_allspark", 65, ["--memory", "on"], "batch 1 + 1 memory on attention fused amp none"),
     ("toy_allspark", 65, ["--attention", "fused", "--activation-checkpointing"],
      "batch 1 + 1 memory on attention fused amp none checkpointed"),
     ("toy_baseline_sup", 65, [], "batch 1 amp none"),

@@ -45,12 +45,26 @@ def test_score_std_is_accurate_in_float32_when_the_mean_is_large():
     assert abs(naive.double() - ref.squeeze()) / ref.squeeze() > abs(ours.double() - ref.squeeze()) / ref.squeeze()
 
 
-def test_chunked_attention_with_dropout_has_exact_gradients():
+@pytest.mark.parametrize("store_masks", [True, False], ids=["masks kept", "masks drawn again"])
+def test_chunked_attention_with_dropout_has_exact_gradients(small_chunks, store_masks):
     q, k, v = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((4, 3), (10, 3), (10, 2)))
-    assert torch.autograd.gradcheck(lambda a, b, c: A.ChunkedAttention.apply(a, b, c, 0.3, 123), (q, k, v))
-    kept = A.ChunkedAttention.apply(q, k, v, 0.5, 7)
-    assert torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 7)), "the mask repeats from its seed"
-    assert not torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 8))
+    assert len(A._chunks(10, 4, q.device)) == 3
+    assert torch.autograd.gradcheck(lambda a, b, c: A.ChunkedAttention.apply(a, b, c, 0.3, 123, store_masks), (q, k, v))
+    kept = A.ChunkedAttention.apply(q, k, v, 0.5, 7, store_masks)
+    assert torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 7, store_masks)), "the mask repeats from its seed"
+    assert not torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 8, store_masks))
+    assert torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 7, not store_masks)), "one draw either way"
+
+
+def test_dropout_keeps_its_rate_and_scale():
+    """Dropout on the weights as nn.Dropout: about p of them zeroed, the rest scaled by 1 / (1 - p), so the
+    output's expectation is the undropped attention's (v = 1: every output is 1 without dropout)."""
+    q, k = torch.randn(64, 5), torch.randn(4096, 5)
+    outs = torch.stack([A.chunked_attention(q, k, torch.ones(4096, 1), 0.1) for _ in range(20)])
+    assert abs(outs.mean().item() - 1.0) < 0.01
+    one_key = A.chunked_attention(torch.zeros(20000, 1), torch.zeros(1, 1), torch.ones(1, 1), 0.1)
+    assert torch.equal(one_key.unique(), torch.tensor([0.0, 1 / 0.9]))
+    assert abs((one_key == 0).float().mean().item() - 0.1) < 0.01
 
 
 def test_model_training_step_equal_to_exact_path():

@@ -18,7 +18,7 @@ from .dpt import DPTHead
 from .segformer_head import SegFormerHead
 
 __all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes",
-           "fused_attention", "score_std", "ATTENTION_PATHS",
+           "fused_attention", "score_std", "ATTENTION_PATHS", "DEFAULT_ATTENTION",
            "memory_tokens"]
 
 
@@ -37,6 +37,7 @@ def _attention_weights(q, k):
 
 
 ATTENTION_PATHS = ("exact", "fused")
+DEFAULT_ATTENTION = "fused"  # the same function as "exact" (golden tests: both), a fraction of its memory
 
 
 def _gather_from_all_ranks(tensor):
@@ -132,7 +133,7 @@ class ChannelAttention(SemanticMemory):
     (``attn.kv_queue``, ``attn.queue_ptr``). Every linear layer maps C -> h*C (or back) without bias.
     """
 
-    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention="exact"):
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention=DEFAULT_ATTENTION):
         super().__init__(num_class, channels, patch_num)
         if attention not in ATTENTION_PATHS:
             raise ValueError(f"AllSpark: attention must be one of {list(ATTENTION_PATHS)}, got {attention!r}")
@@ -227,7 +228,7 @@ class AllSpark(nn.Module):
     """The bottleneck on the stage-4 map: map_in (1x1 conv + GELU) -> LayerNorm -> channel attention
     (+ residual) -> LayerNorm -> map_out (1x1 conv + GELU). (2B or B, C, h4, w4) -> same shape."""
 
-    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention="exact"):
+    def __init__(self, channels, num_heads, num_class, patch_num, attn_drop=0.1, attention=DEFAULT_ATTENTION):
         super().__init__()
         self.map_in = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=1), nn.GELU())
         self.attn_norm = nn.LayerNorm(channels, eps=1e-6)
@@ -263,13 +264,14 @@ class AllSparkDecoder(nn.Module):
     logits at the head's resolution (SegFormer: the first map's size; DPT: 8x a patch encoder's grid).
     ``warmup_epoch`` is kept for the trainer, which turns the memory on from that epoch. ``patch_size``
     (the builder passes the encoder's, None for MiT) sizes S-Mem (:func:`memory_tokens`). ``attention``:
-    ``exact`` (the release's instance norm, softmax and dropout on the score matrix) or ``fused`` (the same
-    function through :func:`fused_attention`, without the score matrix kept for backward).
+    ``fused`` (the default: the release's function through :func:`fused_attention`, without the score matrix
+    kept for backward) or ``exact`` (the release's instance norm, softmax and dropout on the score matrix,
+    draw for draw).
     """
 
     def __init__(self, num_class, in_planes, image_size, warmup_epoch, num_heads=2, embedding_dim=768,
                  attention_dropout=0.1, head="segformer", features=256, out_channels=(256, 512, 1024, 1024),
-                 use_bn=False, patch_size=None, attention="exact"):
+                 use_bn=False, patch_size=None, attention=DEFAULT_ATTENTION):
         super().__init__()
         if head not in ("segformer", "dpt"):
             raise ValueError(f"AllSpark: head must be 'segformer' or 'dpt', got {head!r}")

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 
 __all__ = ["score_std", "fused_attention", "chunked_attention", "ChunkedAttention"]
 
-CHUNK_ELEMENTS = 2 ** 24  # weights of one key chunk (queries x chunk keys): 64 MiB in fp32
+# weights of one key chunk (queries x chunk keys) on the CPU: 4 MiB in fp32, so that the element-wise passes
+# over a chunk (exp, sums, dropout) stay in the cache; measured on the 2-core CPU (forward + backward of
+# the 81-class cross-attention without dropout): 2^24 -> 2^20 elements took 3.75 s -> 1.87 s, 2^18 was
+# slower again. On a GPU larger chunks (64 MiB) keep the kernels few and large.
+CHUNK_ELEMENTS = 2 ** 20
+GPU_CHUNK_ELEMENTS = 2 ** 24
 
 
 def score_std(q, k, eps=1e-5):
@@ -34,74 +39,97 @@ def score_std(q, k, eps=1e-5):
     return (var + eps).sqrt()[..., None, None]
 
 
-def _chunks(num_keys, num_queries):
-    size = max(1, min(num_keys, CHUNK_ELEMENTS // max(num_queries, 1)))
+def _chunks(num_keys, num_queries, device):
+    """[(start, end)] of the key chunks: as many keys as keep a chunk's weights within the device's size."""
+    elements = CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    size = max(1, min(num_keys, elements // max(num_queries, 1)))
     return [(start, min(start + size, num_keys)) for start in range(0, num_keys, size)]
 
 
-def _keep_mask(shape, p, seed, chunk, device):
-    """The dropout keep-mask of one key chunk, drawn again identically in backward from (seed, chunk)."""
+def _generator(seed, device):
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed + chunk)
-    return torch.rand(shape, generator=gen, device=device) >= p
+    gen.manual_seed(seed)
+    return gen
+
+
+def _drop_mask(shape, p, gen):
+    """Which weights of one key chunk dropout zeroes (True with probability p), from ``gen``."""
+    return torch.rand(shape, generator=gen, device=gen.device) < p
 
 
 class ChunkedAttention(torch.autograd.Function):
     """softmax(q k^T) with dropout ``p`` on the weights, times v, over key chunks.
     q (R, N) queries, k (K, N) keys, v (K, D) values -> (R, D). Saves q, k, v, the output and the
-    log-sum-exp of each query; backward recomputes each chunk's weights (and its dropout mask)."""
+    log-sum-exp of each query; backward recomputes each chunk's weights. The dropout masks are drawn in
+    chunk order from a generator seeded with ``seed``; ``store_masks`` keeps them for backward (one byte per
+    weight, a quarter of an fp32 score matrix: the CPU's generator is slow), else backward draws them again
+    from the same seed (cheap on a GPU, and no memory)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, p, seed):
+    def forward(ctx, q, k, v, p, seed, store_masks):
         rows = q.shape[0]
+        gen = _generator(seed, q.device) if p > 0 else None
+        masks = []
         # one pass with an online softmax: a running max m and sum l per query, the (dropped-out)
         # unnormalised weights times the values accumulated and rescaled when the max grows
         m = torch.full((rows, 1), float("-inf"), dtype=q.dtype, device=q.device)
         l = q.new_zeros(rows, 1)
         acc = q.new_zeros(rows, v.shape[1])
-        for i, (a, b) in enumerate(_chunks(k.shape[0], rows)):
-            s = q @ k[a:b].T
-            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
-            rescale = torch.exp(m - m_new)
-            w = torch.exp(s - m_new)
-            l = l * rescale + w.sum(-1, keepdim=True)
+        for a, b in _chunks(k.shape[0], rows, q.device):
+            w = q @ k[a:b].T
+            m_new = torch.maximum(m, w.amax(dim=-1, keepdim=True))
+            rescale = (m - m_new).exp_()
+            w.sub_(m_new).exp_()
+            l.mul_(rescale).add_(w.sum(-1, keepdim=True))
             if p > 0:
-                w = w * _keep_mask(w.shape, p, seed, i, q.device) / (1 - p)
-            acc = acc * rescale + w @ v[a:b]
+                drop = _drop_mask(w.shape, p, gen)
+                w.masked_fill_(drop, 0.0)
+                if store_masks:
+                    masks.append(drop)
+            acc.mul_(rescale).addmm_(w, v[a:b])
             m = m_new
-        out = acc / l
-        lse = (m + torch.log(l)).squeeze(-1)
+        out = acc.div_(l * (1 - p) if p > 0 else l)  # dropout's 1 / (1 - p) folded in here
+        lse = m.add_(l.log_())
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.p, ctx.seed = p, seed
+        ctx.p, ctx.seed, ctx.masks = p, seed, masks
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        p, seed = ctx.p, ctx.seed
+        p, masks = ctx.p, ctx.masks
+        gen = _generator(ctx.seed, q.device) if p > 0 and not masks else None
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(-1, keepdim=True)  # sum_j P_ij dP_ij = dO_i . O_i, dropout or not
-        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.empty_like(k), torch.empty_like(v)
-        for i, (a, b) in enumerate(_chunks(k.shape[0], q.shape[0])):
-            w = torch.exp(q @ k[a:b].T - lse[:, None])  # P, this chunk
-            grad_w = grad_out @ v[a:b].T  # dL / d(dropped weights)
+        grad_q = torch.zeros_like(q)
+        grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        for i, (a, b) in enumerate(_chunks(k.shape[0], q.shape[0], q.device)):
+            w = (q @ k[a:b].T).sub_(lse).exp_()  # P, this chunk
+            grad_w = grad_out @ v[a:b].T  # dL / d(the weights after dropout)
             if p > 0:
-                keep = _keep_mask(w.shape, p, seed, i, q.device) / (1 - p)
-                grad_v[a:b] = (w * keep).T @ grad_out
-                grad_w = grad_w * keep
+                drop = masks[i] if masks else _drop_mask(w.shape, p, gen)
+                torch.mm(w.masked_fill(drop, 0.0).T, grad_out, out=grad_v[a:b])  # times 1 / (1 - p) below
+                grad_w.masked_fill_(drop, 0.0).mul_(1 / (1 - p))
             else:
-                grad_v[a:b] = w.T @ grad_out
-            grad_s = w * (grad_w - delta)
+                torch.mm(w.T, grad_out, out=grad_v[a:b])
+            grad_s = grad_w.sub_(delta).mul_(w)
             grad_q.addmm_(grad_s, k[a:b])
-            grad_k[a:b] = grad_s.T @ q
-        return grad_q, grad_k, grad_v, None, None
+            torch.mm(grad_s.T, q, out=grad_k[a:b])
+        if p > 0:
+            grad_v.mul_(1 / (1 - p))
+        ctx.masks = None
+        return grad_q, grad_k, grad_v, None, None, None
 
 
-def chunked_attention(q, k, v, dropout_p=0.0):
+def chunked_attention(q, k, v, dropout_p=0.0, store_masks=None):
     """:class:`ChunkedAttention` on 2-D q (R, N), k (K, N), v (K, D); the dropout seed is drawn from torch's
-    global generator (one draw), so a seeded run repeats its masks."""
+    global generator (one draw), so a seeded run repeats its masks. ``store_masks`` defaults to True on the
+    CPU, False elsewhere."""
     seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if dropout_p > 0 else 0
-    return ChunkedAttention.apply(q, k, v, float(dropout_p), seed)
+    if store_masks is None:
+        store_masks = q.device.type == "cpu"
+    return ChunkedAttention.apply(q, k, v, float(dropout_p), seed, bool(store_masks))
 
 
 def fused_attention(q, k, v, dropout_p=0.0):
