@@ -10,7 +10,9 @@ import contextlib
 
 import torch
 
-__all__ = ["AMP_DTYPES", "autocast", "grad_scaler", "compile_model"]
+from ..compat import amp_grad_scaler
+
+__all__ = ["AMP_DTYPES", "autocast", "grad_scaler", "compile_model", "configure_backends"]
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,10 +27,17 @@ def autocast(device, amp):
 
 def grad_scaler(device, amp):
     """A GradScaler that is active for fp16 only (a pass-through otherwise)."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return amp_grad_scaler(device.type, enabled=amp == "fp16")
 
 
 def compile_model(net):
     """``torch.compile`` with static shapes: training crops are fixed, and the eval-mode pseudo-label
     pass (B images) and the training forward (2B) then get a graph each instead of one dynamic graph."""
     return torch.compile(net, dynamic=False)
+
+
+def configure_backends(device):
+    """The backend switches training runs with (the trainer and the benchmark both call this): cuDNN's
+    autotuner on CUDA, as the releases, since training crops have fixed sizes."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -10,6 +10,8 @@ recomputes each key chunk's weights there, so no (queries x keys) matrix outlive
 import torch
 import torch.nn.functional as F
 
+from ..compat import autocast_enabled
+
 __all__ = ["score_std", "fused_attention", "chunked_attention", "ChunkedAttention"]
 
 # weights of one key chunk (queries x chunk keys) on the CPU: 4 MiB in fp32, so that the element-wise passes
@@ -139,7 +141,7 @@ def fused_attention(q, k, v, dropout_p=0.0):
     ``dropout_p`` drops attention weights, as ``nn.Dropout`` on them does (another random draw).
     q (B, M, Q, N); k (B, M, N, K) or a shared (N, K); v (B, M, K, D) or a shared (K, D) -> (B, M, Q, D).
     Under autocast everything runs in fp32, like the exact path's scores and softmax."""
-    if torch.is_autocast_enabled(q.device.type):
+    if autocast_enabled(q.device.type):
         with torch.autocast(q.device.type, enabled=False):
             return fused_attention(q.float(), k.float(), v.float(), dropout_p)
     q = q / score_std(q, k)
