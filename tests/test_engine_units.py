@@ -29,6 +29,27 @@ def test_intersection_and_union_by_hand():
     assert miou == pytest.approx((50 + 100 / 3 + 50) / 4)
 
 
+def test_intersection_and_union_matches_the_release_histograms_and_needs_no_host():
+    """Against histograms as the release's intersectionAndUnion counts them (valid = target != ignore; a
+    target outside [0, K) counts only its prediction), with ignore, out-of-range and every class; and on
+    meta tensors, which have no values: an op whose output size depends on the data (boolean indexing,
+    bincount, .item()) cannot run there, so the count has no host synchronisation on a GPU."""
+    gen = torch.Generator().manual_seed(0)
+    K = 6
+    pred = torch.randint(0, K, (2, 37, 41), generator=gen)
+    target = torch.randint(0, K + 2, (2, 37, 41), generator=gen)  # K, K + 1: out of range
+    target[:, :3] = 255
+    inter, union, area = intersection_and_union(pred, target, K, 255)
+    p, t = pred[target != 255], target[target != 255]
+    ref_inter = torch.histc(p[p == t].float(), bins=K, min=0, max=K - 1).long()
+    ref_pred = torch.histc(p.float(), bins=K, min=0, max=K - 1).long()
+    ref_area = torch.histc(t.float(), bins=K, min=0, max=K - 1).long()
+    assert torch.equal(inter, ref_inter) and torch.equal(area, ref_area)
+    assert torch.equal(union, ref_pred + ref_area - ref_inter)
+    meta = [torch.empty(2, 9, 9, dtype=torch.long, device="meta") for _ in range(2)]
+    assert [tuple(x.shape) for x in intersection_and_union(*meta, K, 255)] == [(K,)] * 3
+
+
 def test_ohem_keeps_all_valid_pixels_when_fewer_than_min_kept():
     pred, target = torch.randn(1, 3, 2, 2), torch.tensor([[[0, 1], [2, 255]]])
     expected = F.cross_entropy(pred, target, ignore_index=255)

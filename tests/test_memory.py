@@ -117,3 +117,38 @@ def test_channel_semantic_grouping_resizes_logits():
     top[0] = 1.0
     emb_u = torch.stack([top.flatten(), 1 - top.flatten()], dim=1).unsqueeze(0)  # (1, N=4, C=2)
     assert channel_semantic_grouping(logits, emb_u, (2, 2)).tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_channel_semantic_grouping_is_fp32_under_autocast(dtype):
+    """A near tie: class 1's map is a little closer to the channel than class 0's, closer than half
+    precision resolves. Under autocast (config amp) the classes must still be fp32's."""
+    gen = torch.Generator().manual_seed(0)
+    h = w = 8
+    channel = torch.randn(h * w, generator=gen)
+    noise = torch.randn(h * w, generator=gen)
+    logits = torch.stack([channel + 2e-3 * noise, channel + 1e-3 * noise]).view(1, 2, h, w)
+    emb_u = channel.view(1, h * w, 1)
+    fp32 = channel_semantic_grouping(logits, emb_u, (h, w))
+    assert fp32.tolist() == [[1]]
+    with torch.autocast("cpu", dtype=dtype):
+        assert torch.equal(channel_semantic_grouping(logits, emb_u, (h, w)), fp32)
+
+
+def test_channel_semantic_grouping_under_autocast_on_the_golden_case(monkeypatch):
+    """The golden model's training forward in fp32: the inputs Channel Semantic Grouping gets, grouped
+    again under bf16 autocast, give the same class for every channel."""
+    from allspark.models import allspark as allspark_module
+    from conftest import golden_file
+    from test_golden import golden_model
+    golden = {**torch.load(golden_file("allspark_ref_small.pt"), weights_only=False), "attention": "fused"}
+    seen = []
+    real = allspark_module.channel_semantic_grouping
+    monkeypatch.setattr(allspark_module, "channel_semantic_grouping",
+                        lambda *args: seen.append(args) or real(*args))
+    model = golden_model(golden).train()
+    model(torch.cat([golden["x_l"], golden["x_u"]]), pseudo_logits=golden["smem_pseudo_logits"], use_memory=True)
+    (args,) = seen
+    fp32 = real(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(real(*args), fp32)

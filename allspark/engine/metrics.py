@@ -6,16 +6,27 @@ __all__ = ["intersection_and_union", "mean_iou"]
 
 def intersection_and_union(pred, target, num_classes, ignore_index=255):
     """Per-class pixel counts of one prediction, as the release's ``intersectionAndUnion``:
-    pred, target: integer tensors of the same shape; pixels where target == ignore_index do not count.
-    Returns (intersection, union, target area), each (num_classes,) int64 on pred's device."""
+    pred, target: integer tensors of the same shape; pixels where target == ignore_index do not count, and
+    a target value outside [0, num_classes) counts its pixel's prediction only (as the release's histograms).
+    Returns (intersection, union, target area), each (num_classes,) int64 on pred's device.
+
+    One fixed-size ``scatter_add_`` of the joint (target, prediction) index: no boolean indexing or
+    ``bincount``, whose output sizes depend on the data, so nothing waits for the host on a GPU."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    pred, target = pred.reshape(-1), target.reshape(-1).to(pred.device)
-    valid = target != ignore_index
-    pred, target = pred[valid], target[valid]
-    area_inter = torch.bincount(pred[pred == target], minlength=num_classes)[:num_classes]
-    area_pred = torch.bincount(pred, minlength=num_classes)[:num_classes]
-    area_target = torch.bincount(target, minlength=num_classes)[:num_classes]
+    K = num_classes
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).to(pred.device).long()
+    in_range = (target >= 0) & (target < K)
+    # bins: K * K joint (target, pred) counts; K more for predictions whose target is out of range; one for
+    # ignored pixels
+    index = torch.where(in_range, target * K + pred, K * K + pred)
+    index = torch.where(target == ignore_index, K * K + K, index)
+    counts = torch.zeros(K * K + K + 1, dtype=torch.long, device=pred.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
+    joint = counts[:K * K].view(K, K)  # rows: target, columns: prediction
+    area_inter = joint.diagonal()
+    area_pred = joint.sum(0) + counts[K * K:K * K + K]
+    area_target = joint.sum(1)
     return area_inter, area_pred + area_target - area_inter, area_target
 
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..compat import autocast_enabled
 from .attention import fused_attention, score_std
 from .dpt import DPTHead
 from .segformer_head import SegFormerHead
@@ -30,7 +31,7 @@ def _attention_weights(q, k):
     fp32 and returned in fp32: the unscaled channel scores are sums over all tokens, and instance
     norm reduces over maps of millions of them; the weights' product with the values is autocast's.
     """
-    if torch.is_autocast_enabled(q.device.type):
+    if autocast_enabled(q.device.type):
         with torch.autocast(q.device.type, enabled=False):
             return _attention_weights(q.float(), k.float())
     return F.instance_norm(q @ k, eps=1e-5).softmax(dim=-1)
@@ -55,10 +56,12 @@ def channel_semantic_grouping(pseudo_logits, emb_u, size):
     is most similar to it (cosine similarity over tokens).
 
     pseudo_logits: (B, K, H, W) raw logits of the unlabeled images; emb_u: (B, N, C) channel maps;
-    size: (h4, w4) with h4 * w4 = N. Returns (B, C) int64 class indices.
+    size: (h4, w4) with h4 * w4 = N. Returns (B, C) int64 class indices. Computed in fp32 under autocast
+    too: it is an argmax, and in half precision near-tied classes would resolve otherwise than fp32's.
     """
-    prob = F.interpolate(pseudo_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
-    similarity = F.normalize(prob, dim=-1) @ F.normalize(emb_u, dim=1)  # (B, K, C)
+    with torch.autocast(emb_u.device.type, enabled=False):
+        prob = F.interpolate(pseudo_logits.float(), size=size, mode="bilinear", align_corners=False).flatten(2)
+        similarity = F.normalize(prob, dim=-1) @ F.normalize(emb_u.float(), dim=1)  # (B, K, C)
     return similarity.argmax(dim=1)
 
 
