@@ -20,11 +20,12 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
 from .engine.losses import build_criterion
-from .engine.speed import AMP_DTYPES, autocast, compile_model, grad_scaler
+from .engine.speed import AMP_DTYPES, autocast, compile_model, configure_backends, grad_scaler
 from .engine.trainer import train_step
 from .methods import get_method, load_training_config
 from .models import MIT_PRESETS, build_model
@@ -93,6 +94,46 @@ def step_peak_memory_mb(fn, device):
     return peak / 2 ** 20
 
 
+# what makes the host wait for a tensor's value: reading it as a Python number, list or truth value
+_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+
+
+def count_host_syncs(fn, device):
+    """How often one call of ``fn`` makes the host wait for the device. On CUDA: the synchronising
+    operations torch's sync-debug mode reports (it warns on each). Elsewhere: the reads of tensor values
+    into Python (``.item()``, ``.tolist()``, truth values, ``int()``/``float()``, ``.numpy()``), each of
+    which would be a synchronisation on a GPU; operations whose output size depends on the data (boolean
+    indexing, ``nonzero``) also synchronise on a GPU but are not counted on the CPU."""
+    if device.type == "cuda":
+        _sync(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in caught)
+    count = 0
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+
+    def counting(original):
+        def read(*args, **kwargs):
+            nonlocal count
+            count += 1
+            return original(*args, **kwargs)
+        return read
+
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counting(original))
+        fn()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return count
+
+
 def _timed(fn, steps, warmup, device):
     for _ in range(warmup):
         fn()
@@ -145,6 +186,7 @@ def run_benchmark(args):
                                      else args.activation_checkpointing)
     if args.activation_checkpointing:
         model.backbone.set_grad_checkpointing(True)
+    configure_backends(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     net = compile_model(model) if args.compile else model
@@ -170,7 +212,9 @@ def run_benchmark(args):
     images_per_step = batch * (1 if method.unlabeled_mode is None else 2)
     train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
+    train_reserved = torch.cuda.max_memory_reserved(device) / 2 ** 20 if device.type == "cuda" else None
     step_peak = step_peak_memory_mb(step, device)
+    host_syncs = count_host_syncs(step, device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
     return {
         "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
@@ -182,7 +226,8 @@ def run_benchmark(args):
         "attention": model_cfg["decoder"]["kwargs"].get("attention", DEFAULT_ATTENTION)
         if model_cfg["decoder"]["type"] in ("allspark", "model.semseg.allspark.SemiDecoder") else None,
         "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
-        "train_step_allocated_mb": step_peak,
+        "train_step_allocated_mb": step_peak, "train_peak_reserved_mb": train_reserved,
+        "train_step_host_syncs": host_syncs,
         "eval_forward": _summary(eval_times, batch), "peak_memory_kind":
             "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
     }
@@ -225,6 +270,10 @@ def main(argv=None):
           f"{t['images_per_s']:.1f} img/s, peak {res['train_peak_memory_mb']:.0f} MiB ({res['peak_memory_kind']})")
     if res["train_step_allocated_mb"] is not None:
         print(f"train step : {res['train_step_allocated_mb']:.0f} MiB allocated at its peak (the step's own tensors)")
+    if res["train_peak_reserved_mb"] is not None:
+        print(f"train step : {res['train_peak_reserved_mb']:.0f} MiB reserved at the peak (CUDA caching allocator)")
+    print(f"train step : {res['train_step_host_syncs']} host synchronisations "
+          f"({'sync-debug mode' if res['device'].startswith('cuda') else 'tensor values read into Python'})")
     print(f"eval fwd   : median {e['median_s']:.4f} s (min {e['min_s']:.4f}, max {e['max_s']:.4f}), "
           f"{e['images_per_s']:.1f} img/s")
     if args.out:

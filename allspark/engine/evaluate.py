@@ -3,6 +3,7 @@ multi-scale + flip inference, with intersection / union counted on the device an
 import torch
 import torch.nn.functional as F
 
+from ..models.resize import resize_bilinear
 from .dist import all_reduce_sum
 from .metrics import intersection_and_union, mean_iou
 
@@ -22,7 +23,7 @@ def logits_at_any_size(model, img):
         return model(img)
     size = (max(int(h / m + 0.5), 1) * m, max(int(w / m + 0.5), 1) * m)
     logits = model(F.interpolate(img, size=size, mode="bilinear", align_corners=True))
-    return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+    return resize_bilinear(logits, (h, w), align_corners=True)
 
 
 def _window_starts(length, window, stride, aligned, min_size=1):
@@ -84,7 +85,7 @@ def multiscale(model, img, scales, flip):
         for view, flipped in views:
             logits = logits_at_any_size(model, view)
             logits = logits.flip(-1) if flipped else logits
-            total = total + F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(dim=1)
+            total = total + resize_bilinear(logits, (h, w)).softmax(dim=1)
     return total
 
 

@@ -31,7 +31,7 @@ from .evaluate import evaluate
 from .loaders import build_loaders, epoch_seed, seed_all
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
-from .speed import autocast, compile_model, grad_scaler
+from .speed import autocast, compile_model, configure_backends, grad_scaler
 
 __all__ = ["main", "poly_lr", "set_lr", "train_step"]
 
@@ -228,8 +228,7 @@ def _prepare_model(cfg, env, method_cls):
         model.backbone.set_grad_checkpointing(True)
         logger.info("activation checkpointing: the encoder's blocks are recomputed in backward")
     model.to(env.device)
-    if env.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the releases: fixed crop sizes
+    configure_backends(env.device)
     if env.world_size > 1 and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         logger.info("SyncBatchNorm: on (CUDA)")

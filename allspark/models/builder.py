@@ -11,12 +11,12 @@ The release's dotted type names (``model.backbone.mit.mit_b5``, ``model.semseg.a
 import inspect
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ConfigError
 from . import dinov2, mit
 from .allspark import AllSparkDecoder
 from .dpt import DPT, DPTHead, tokens_to_maps
+from .resize import resize_bilinear
 from .segformer_head import SegFormerDecoder
 from .weights import PRETRAINED_FILES, load_pretrained_backbone
 
@@ -64,7 +64,7 @@ class Segmentor(nn.Module):
         if self.input_multiple:  # a patch encoder's token maps -> (B, D, h, w) maps on its grid
             feats = tokens_to_maps(feats, x.shape[-2] // self.input_multiple, x.shape[-1] // self.input_multiple)
         logits = self.decoder(feats, pseudo_logits=pseudo_logits, use_memory=use_memory)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return resize_bilinear(logits, x.shape[-2:])
 
 
 def _signature(factory):

@@ -7,6 +7,8 @@ The release built ``linear_fuse`` with mmcv's ``ConvModule``; :class:`ConvBNReLU
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resize import resize_bilinear
+
 __all__ = ["ConvBNReLU", "MLP", "SegFormerHead", "SegFormerDecoder"]
 
 
@@ -68,7 +70,7 @@ class SegFormerHead(nn.Module):
             x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
             x = x.transpose(1, 2).view(n, -1, h, w)  # (n, embed, h, w), a channels_last view
             if (h, w) != (H, W):
-                x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+                x = resize_bilinear(x, (H, W))
             fused = x if fused is None else fused + x
         x = self.linear_fuse.activate(self.linear_fuse.bn(fused))
         return self.linear_pred(self.dropout(x))
