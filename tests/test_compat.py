@@ -44,6 +44,7 @@ def test_autocast_detected_without_the_device_argument(monkeypatch):
     assert torch.equal(weights, exact) and torch.equal(out, fused)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.cuda.amp.GradScaler.*is deprecated:FutureWarning")
 def test_grad_scaler_before_torch_2_3(monkeypatch):
     monkeypatch.delattr(torch.amp, "GradScaler")
     scaler = grad_scaler(torch.device("cpu"), "none")
