@@ -29,10 +29,16 @@ from .engine.speed import AMP_DTYPES, autocast, compile_model, configure_backend
 from .engine.trainer import train_step
 from .methods import get_method, load_training_config
 from .models import MIT_PRESETS, build_model
+from .models.builder import ALIASES
 from .models.allspark import ATTENTION_PATHS, DEFAULT_ATTENTION
 from .models.dinov2 import DINOV2_PRESETS
 
 __all__ = ["run_benchmark", "main"]
+
+
+def _is_allspark(decoder):
+    """Whether a decoder section builds the AllSpark decoder (under its name or the release's alias)."""
+    return ALIASES.get(decoder["type"], decoder["type"]) == "allspark"
 
 
 def _model_cfg(cfg, args):
@@ -48,9 +54,9 @@ def _model_cfg(cfg, args):
             decoder["kwargs"]["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
     if args.num_class:
         decoder["kwargs"]["num_class"] = args.num_class
-    if args.attention and decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
+    if args.attention and _is_allspark(decoder):
         decoder["kwargs"]["attention"] = args.attention
-    if decoder["type"] in ("allspark", "model.semseg.allspark.SemiDecoder"):
+    if _is_allspark(decoder):
         decoder["kwargs"]["image_size"] = args.crop  # S-Mem is sized for the training crop
     return model_cfg
 
@@ -224,7 +230,7 @@ def run_benchmark(args):
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "attention": model_cfg["decoder"]["kwargs"].get("attention", DEFAULT_ATTENTION)
-        if model_cfg["decoder"]["type"] in ("allspark", "model.semseg.allspark.SemiDecoder") else None,
+        if _is_allspark(model_cfg["decoder"]) else None,
         "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
         "train_step_allocated_mb": step_peak, "train_peak_reserved_mb": train_reserved,
         "train_step_host_syncs": host_syncs,

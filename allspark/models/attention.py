@@ -5,7 +5,8 @@ Instance norm (no affine) subtracts one mean and divides by one standard deviati
 softmax over keys ignores the mean, so the weights are softmax(s / sigma), sigma = sqrt(Var(s) + eps)
 over the map, and Var(s) needs only two N x N Gram matrices (:func:`score_std`). The attention itself
 (:class:`ChunkedAttention`) keeps q, k, v, the output and one log-sum-exp per query for backward and
-recomputes each key chunk's weights there, so no (queries x keys) matrix outlives one chunk.
+recomputes each key chunk's weights there, so no fp32 (queries x keys) matrix outlives one chunk (on the
+CPU the dropout masks are kept, one byte per weight).
 """
 import torch
 import torch.nn.functional as F
