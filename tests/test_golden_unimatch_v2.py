@@ -52,6 +52,19 @@ def max_err(ours, ref, name, atol):
     assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
 
 
+def near_ties(pred, ref):
+    """Pixels whose argmax the rounding may decide: the release's two best logits are closer than twice the
+    largest difference between our logits and its own, and ours picks one of those two. (B, K, H, W) -> (B, H, W).
+    Elsewhere the labels must be the release's exactly. (Step 2 of t095 has such a pixel, gap 1.8e-6, which
+    2 threads on an AVX2 CPU resolve otherwise than the file; the release itself is up to 6e-6 off its own
+    file with 2 threads.)"""
+    err = (pred.double() - ref.double()).abs().max()
+    top2 = ref.double().topk(2, dim=1)
+    gap = top2.values[:, 0] - top2.values[:, 1]
+    ours = pred.argmax(1, keepdim=True)
+    return (gap <= 2 * err) & (top2.indices == ours).any(dim=1)
+
+
 def test_parameter_names_and_order(golden):
     model = golden_model(golden)
     assert [n for n, _ in model.named_parameters()] == golden["param_names"]
@@ -198,9 +211,11 @@ def test_ema_pseudo_labels_and_cutmix(release_run, golden):
         rel = ((fp - ref["pred_u_w_fp"][s]).abs() / pred.double().abs().sum()).max().item()
         assert rel <= FP_RTOL, f"{tag} pred_u_w fingerprint step {s}: {rel:.3g}"
         conf, mask = pred.softmax(1).max(1)[0], pred.argmax(1)
+        tie = near_ties(pred, ref["pred_u_w"][s]) if "pred_u_w" in ref else torch.zeros_like(mask, dtype=torch.bool)
         for k in (1, 2):
             box = golden[f"cutmix_box{k}"][s]
-            assert torch.equal(cutmix(mask, box), ref[f"mask_u_w_cutmixed{k}"][s].long()), f"{tag} labels {s} {k}"
+            differ = cutmix(mask, box) != ref[f"mask_u_w_cutmixed{k}"][s].long()
+            assert not (differ & ~cutmix(tie, box)).any(), f"{tag} labels {s} {k}: {differ.sum()} pixels differ"
             assert torch.equal(cutmix(ignore, box), ref[f"ignore_mask_cutmixed{k}"][s].long())
             if f"conf_u_w_cutmixed{k}" in ref:
                 max_err(cutmix(conf, box), ref[f"conf_u_w_cutmixed{k}"][s], f"{tag} conf cutmixed{k} step {s}", 1e-5)
