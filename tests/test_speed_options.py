@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from allspark.engine.speed import compile_model, grad_scaler
+from allspark.engine.speed import autocast, compile_model, grad_scaler
 from allspark.engine.trainer import train_step
 from allspark.methods import AllSparkMethod
 from allspark.models import build_model
@@ -72,6 +72,23 @@ def test_train_step_under_amp_learns(amp):
     assert after["decoder.allspark.attn.queue_ptr"].sum() > 0
     for key, value in after.items():
         assert value.dtype == before[key].dtype, f"{key}: parameters and buffers stay in their dtype"
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_every_weight_gets_its_gradient_under_amp(amp):
+    """The pseudo-label pass runs under no_grad inside the step's autocast. With autocast's cache of cast
+    weights on, torch before 2.10 gave the training forward that pass's casts, without gradient history, and
+    every weight the pass had used got no gradient (pytorch/pytorch#158232; on 2.4.1 the whole encoder and
+    head). The step's autocast runs without the cache, so the same weights get gradients as in fp32."""
+    with autocast(CPU, amp):
+        assert not torch.is_autocast_cache_enabled()
+    trained = {}
+    for precision in ("none", amp):
+        model, step = make_step(precision)
+        step(toy_batch())
+        trained[precision] = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "backbone.patch_embed1.proj.weight" in trained["none"]
+    assert trained[amp] == trained["none"]
 
 
 def test_compiled_step_matches_the_eager_step():

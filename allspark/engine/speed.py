@@ -18,11 +18,15 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device, amp):
-    """The autocast context of ``amp`` on ``device`` (a no-op context for 'none')."""
+    """The autocast context of ``amp`` on ``device`` (a no-op context for 'none'), without autocast's cache
+    of cast weights: torch before 2.10 cached the casts made under ``no_grad`` (a method's pseudo-label
+    pass) and handed them, with no gradient history, to the training forward of the same step, so every
+    weight that pass had used got no gradient (pytorch/pytorch#158232; seen with 2.1.2 and 2.4.1). Without
+    the cache each forward casts its weights again, a small cost next to the activations."""
     dtype = AMP_DTYPES[amp]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def grad_scaler(device, amp):
