@@ -2,7 +2,13 @@
 admits, detected once here rather than by version numbers."""
 import torch
 
-__all__ = ["autocast_enabled", "amp_grad_scaler"]
+__all__ = ["autocast_enabled", "amp_grad_scaler", "GLOO_DESTRUCTOR_HOLDS_GIL"]
+
+# torch before 2.8 destroys a process group with the GIL held and, for gloo, joins its worker threads there; a
+# worker still releasing the tensors of a finished collective needs the GIL, so both can wait forever
+# (pytorch/pytorch#154976 released the GIL from 2.8 on). Seen here as two-process gloo runs on torch 2.4.1
+# hanging after their last checkpoint, at random.
+GLOO_DESTRUCTOR_HOLDS_GIL = torch.__version__ < "2.8"
 
 
 def autocast_enabled(device_type):

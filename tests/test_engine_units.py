@@ -285,3 +285,19 @@ def test_gradients_differ_from_their_parameters_in_size_1_strides_only():
             kept = [d for d in range(p.dim()) if p.shape[d] > 1]
             assert [p.grad.stride(d) for d in kept] == [p.stride(d) for d in kept], name
     assert differing, "the case the filter is for does occur"
+
+
+@pytest.mark.parametrize("holds_gil, backend, paused", [(True, "gloo", True), (True, "nccl", False), (False, "gloo", False)])
+def test_cleanup_pauses_before_a_gloo_group_whose_destructor_holds_the_gil(monkeypatch, holds_gil, backend, paused):
+    """torch < 2.8 joins gloo's workers in the group's destructor with the GIL held (two-process runs hung at
+    exit on 2.4.1, 6 of 12): cleanup first sleeps, which releases the GIL, then destroys the group."""
+    import allspark.engine.dist as dist_mod
+
+    calls = []
+    monkeypatch.setattr(dist_mod.compat, "GLOO_DESTRUCTOR_HOLDS_GIL", holds_gil)
+    monkeypatch.setattr(dist_mod.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist_mod.dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(dist_mod.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(dist_mod.time, "sleep", lambda s: calls.append(("sleep", s)))
+    dist_mod.cleanup()
+    assert calls == ([("sleep", dist_mod.GLOO_EXIT_PAUSE_S)] if paused else []) + ["destroy"]

@@ -4,10 +4,13 @@ NCCL on CUDA, gloo on CPU. Every other module asks ``DistEnv`` instead of readin
 """
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .. import compat
 
 __all__ = ["DistEnv", "resolve_env", "setup_distributed", "cleanup", "all_reduce_sum", "any_rank", "gather_objects", "broadcast_buffers",
            "DEFAULT_PORT"]
@@ -77,8 +80,18 @@ def setup_distributed(port=None, environ=None):
     return info
 
 
+# long enough for gloo's workers to take the GIL and drop a finished collective's tensors (microseconds of work)
+GLOO_EXIT_PAUSE_S = 0.2
+
+
 def cleanup():
+    """Destroy the process group (after the last collective of the run). With gloo on a torch whose group
+    destructor holds the GIL (``compat.GLOO_DESTRUCTOR_HOLDS_GIL``), pause first: ``time.sleep`` releases the
+    GIL, so the workers finish with the last collectives' tensors before the destructor, which runs when the
+    DDP wrapper goes, joins them."""
     if dist.is_available() and dist.is_initialized():
+        if compat.GLOO_DESTRUCTOR_HOLDS_GIL and dist.get_backend() == "gloo":
+            time.sleep(GLOO_EXIT_PAUSE_S)
         dist.destroy_process_group()
 
 
