@@ -266,27 +266,6 @@ def test_loader_settings_come_from_the_config(tmp_path):
     assert loader.num_workers == 0 and loader.prefetch_factor is None
 
 
-def test_gradients_differ_from_their_parameters_in_size_1_strides_only():
-    """The trainer silences DDP's stride warning for (O, 1, 3, 3) and (O, I, 1, 1) weights: their
-    gradients must have the parameters' memory order, and every other gradient the parameter's strides."""
-    from allspark.models import build_model
-    from conftest import tiny_model_cfg
-
-    model = build_model(tiny_model_cfg())
-    model.eval()
-    pseudo = model(torch.randn(2, 3, 65, 65)).detach()
-    model.train()
-    model(torch.randn(4, 3, 65, 65), pseudo_logits=pseudo, use_memory=True).sum().backward()
-    differing = []
-    for name, p in model.named_parameters():
-        if p.grad.stride() != p.stride():
-            differing.append(name)
-            assert p.dim() == 4 and (p.shape[1:] == (1, 3, 3) or p.shape[2:] == (1, 1)), name
-            kept = [d for d in range(p.dim()) if p.shape[d] > 1]
-            assert [p.grad.stride(d) for d in kept] == [p.stride(d) for d in kept], name
-    assert differing, "the case the filter is for does occur"
-
-
 @pytest.mark.parametrize("holds_gil, backend, paused", [(True, "gloo", True), (True, "nccl", False), (False, "gloo", False)])
 def test_cleanup_pauses_before_a_gloo_group_whose_destructor_holds_the_gil(monkeypatch, holds_gil, backend, paused):
     """torch < 2.8 joins gloo's workers in the group's destructor with the GIL held (two-process runs hung at

@@ -1,10 +1,54 @@
-"""Bilinear resizing in the layout that is fast for it gives the same values; the benchmark counts host reads."""
+"""Memory layouts: every gradient comes back in its parameter's layout and the logits are contiguous; bilinear
+resizing in the layout that is fast for it gives the same values; the benchmark counts host reads."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from allspark.benchmark import count_host_syncs
+from allspark.models import build_model
 from allspark.models.resize import resize_bilinear
+
+from conftest import tiny_model_cfg
+
+_DINOV2 = {"type": "dinov2", "kwargs": {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3]}}
+_DPT = {"num_class": 5, "features": 16, "out_channels": [8, 16, 32, 32]}
+MODELS = {  # name: (model section, training crop)
+    "allspark": (tiny_model_cfg(), 65),
+    "segformer": (tiny_model_cfg(decoder="segformer"), 65),
+    "unimatch_v2": ({"backbone": _DINOV2, "decoder": {"type": "dpt", "kwargs": _DPT}}, 70),
+    "allspark_dinov2_dpt": ({"backbone": _DINOV2, "decoder": {"type": "allspark", "kwargs": {
+        **_DPT, "in_planes": [48] * 4, "image_size": 70, "warmup_epoch": 1, "head": "dpt"}}}, 70),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gradients_have_their_parameters_layout_and_logits_are_contiguous(name):
+    """DDP's gradient buckets have the parameters' layout. A convolution of a channels-last map returns its
+    weight gradient channels-last: autograd copies a k x k one into the parameter's layout every step, and
+    one whose strides differ on size-1 dimensions only ((O, 1, 3, 3) depth-wise, 1x1) reaches DDP as it is,
+    which warns. The 1x1 convolutions see contiguous maps and MiT's depth-wise weights are held channels-last,
+    so every gradient has its parameter's strides; the logits are contiguous (the loss copies nothing)."""
+    cfg, crop = MODELS[name]
+    model = build_model(cfg)
+    # weights in the default (contiguous) strides, as a release checkpoint holds them, keep the model's layout
+    model.load_state_dict({k: v.clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()})
+    x = torch.randn(4, 3, crop, crop)
+    if "allspark" in name:
+        model.eval()
+        with torch.no_grad():
+            pseudo = model(x[2:])
+        model.train()
+        out = model(x, pseudo_logits=pseudo, use_memory=True)
+    elif name == "unimatch_v2":
+        out = model(x, comp_drop=True)  # the strong views' forward
+    else:
+        out = model(x)
+    assert out.is_contiguous()
+    out.square().mean().backward()
+    differing = [(n, tuple(p.stride()), tuple(p.grad.stride())) for n, p in model.named_parameters()
+                 if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not differing
+    assert sum(p.grad is not None for p in model.parameters()) > len(list(model.parameters())) // 2
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -9,7 +9,6 @@ are written atomically and a run started again on the same save path resumes fro
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,12 +243,6 @@ def _prepare_model(cfg, env, method_cls):
                                                           for m in model.modules())
         net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                                       find_unused_parameters=unused)
-        # On the CPU the weight gradients of the depth-wise (O, 1, 3, 3) and 1x1 (O, I, 1, 1) convolutions
-        # come back with other strides on their size-1 dimensions only: the same memory order as the
-        # bucket view, so DDP's copy costs nothing extra, but DDP's strict stride check warns (once, for
-        # the first such parameter). Only those shapes are silenced (tests/test_engine_units checks the claim).
-        warnings.filterwarnings("ignore", message=r"(?s)Grad strides do not match bucket view strides.*"
-                                r"grad\.sizes\(\) = \[\d+, (1, 3, 3|\d+, 1, 1)\]")
     if cfg["compile"]:
         net = compile_model(net)
         logger.info("torch.compile: on (the first steps of each mode compile)")

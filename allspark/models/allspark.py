@@ -243,7 +243,7 @@ class AllSpark(nn.Module):
         B, C, h, w = x.shape
         en = self.map_in(x).flatten(2).transpose(1, 2)  # (B, N, C)
         emb = self.attn(self.attn_norm(en), (h, w), pseudo_logits, use_memory) + en
-        out = self.encoder_norm(emb).transpose(1, 2).reshape(B, C, h, w)
+        out = self.encoder_norm(emb).transpose(1, 2).contiguous().view(B, C, h, w)  # contiguous, as the release
         return self.map_out(out)
 
 

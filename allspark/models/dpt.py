@@ -126,8 +126,11 @@ class DPTHead(nn.Module):
 
 
 def tokens_to_maps(tokens, h, w):
-    """(B, h * w, D) token maps (token n at row n // w, column n % w) -> (B, D, h, w) maps."""
-    return [t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], h, w) for t in tokens]
+    """(B, h * w, D) token maps (token n at row n // w, column n % w) -> contiguous (B, D, h, w) maps.
+
+    The release reshaped a transposed view (a channels-last map); made contiguous, every convolution of
+    the head returns its weight gradient in the parameter's layout, the one DDP's buckets have."""
+    return [t.transpose(1, 2).contiguous().view(t.shape[0], t.shape[-1], h, w) for t in tokens]
 
 
 def complementary_dropout_mask(batch, dim, generator=None):

@@ -4,6 +4,7 @@ The release built ``linear_fuse`` with mmcv's ``ConvModule``; :class:`ConvBNReLU
 (1x1 conv without bias -> BatchNorm -> ReLU) with the same sub-module names (``conv``, ``bn``,
 ``activate``), so state dicts load unchanged without mmcv.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -68,12 +69,19 @@ class SegFormerHead(nn.Module):
                                     blocks):
             _, _, h, w = feat.shape
             x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
-            x = x.transpose(1, 2).view(n, -1, h, w)  # (n, embed, h, w), a channels_last view
+            # (n, embed, h, w), a channels-last view: bilinear resizing from two images on measured 2-3x faster
+            # so (forward + backward) than of contiguous maps on the CPU; a single image is made contiguous
+            x = x.transpose(1, 2).view(n, -1, h, w)
             if (h, w) != (H, W):
                 x = resize_bilinear(x, (H, W))
             fused = x if fused is None else fused + x
-        x = self.linear_fuse.activate(self.linear_fuse.bn(fused))
-        return self.linear_pred(self.dropout(x))
+        x = self.dropout(self.linear_fuse.activate(self.linear_fuse.bn(fused)))  # channels-last from 2 images on
+        # linear_pred (a 1x1 conv) as one product per image, (K, embed) @ (embed, H W): contiguous logits, as the
+        # release's (the loss would copy channels-last ones), and the weight gradient in the parameter's layout
+        pred = self.linear_pred
+        logits = torch.baddbmm(pred.bias[:, None].expand(n, -1, H * W), pred.weight.flatten(1).expand(n, -1, -1),
+                               x.flatten(2))
+        return logits.view(n, -1, H, W)
 
 
 class SegFormerDecoder(nn.Module):
