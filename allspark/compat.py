@@ -1,8 +1,42 @@
-"""The torch APIs this project uses whose signature or place changed between the versions requirements.txt
-admits, detected once here rather than by version numbers."""
+"""The torch versions this project runs on, and the torch APIs it uses whose signature or place changed
+between them, detected once here."""
 import torch
 
-__all__ = ["autocast_enabled", "amp_grad_scaler", "GLOO_DESTRUCTOR_HOLDS_GIL"]
+__all__ = ["TORCH_FLOOR", "COMPILE_FLOOR", "TorchVersionError", "check_torch_version", "check_compile",
+           "autocast_enabled", "amp_grad_scaler", "AUTOCAST_QUERY_TAKES_DEVICE", "GLOO_DESTRUCTOR_HOLDS_GIL"]
+
+# The oldest torch the tests pass on (requirements.txt). torch 2.1's CPU gelu backward returns wrong values
+# (NaN) when its incoming gradient is channels-last-strided and its input contiguous, which MiT's Mix-FFN and
+# AllSpark's map_in produce: its training losses turn NaN (fixed in 2.2). Pre-releases of the floor (an NGC
+# container's 2.2.0a0+...) count as the floor.
+TORCH_FLOOR = "2.2"
+# The oldest torch whose compiled training step matches the eager one (tests/test_speed_options.py): the
+# compilers of 2.2.2 and 2.3.1 wrote S-Mem contents up to 2e-3 off on the CPU (1e-6 noise in every weight moves
+# them by 2e-5 in eager mode), where 2.4.1 and later agree to 3e-6.
+COMPILE_FLOOR = "2.4"
+
+
+class TorchVersionError(RuntimeError):
+    """The installed torch cannot run what was asked: older than the floor, or without an API a config needs."""
+
+
+def check_torch_version(version=None):
+    """Raise TorchVersionError when ``version`` (default: the installed torch's) is older than TORCH_FLOOR."""
+    version = torch.torch_version.TorchVersion(torch.__version__ if version is None else version)
+    if version < f"{TORCH_FLOOR}.0a0":
+        raise TorchVersionError(f"torch {version} is older than {TORCH_FLOOR}, the oldest this project runs on "
+                                f"(requirements.txt): its CPU gelu backward gives NaN for channels-last "
+                                f"gradients; install torch >= {TORCH_FLOOR} with its torchvision")
+
+
+def check_compile(version=None):
+    """Raise TorchVersionError when ``version`` (default: the installed torch's) is older than COMPILE_FLOOR."""
+    version = torch.torch_version.TorchVersion(torch.__version__ if version is None else version)
+    if version < f"{COMPILE_FLOOR}.0a0":
+        raise TorchVersionError(f"compile: true needs torch >= {COMPILE_FLOOR}; this is torch {version}, whose "
+                                f"compiled AllSpark step drifts from the eager one (S-Mem contents 2e-3 off): "
+                                f"set compile: false or install a newer torch")
+
 
 # torch before 2.8 destroys a process group with the GIL held and, for gloo, joins its worker threads there; a
 # worker still releasing the tensors of a finished collective needs the GIL, so both can wait forever
@@ -11,24 +45,37 @@ __all__ = ["autocast_enabled", "amp_grad_scaler", "GLOO_DESTRUCTOR_HOLDS_GIL"]
 GLOO_DESTRUCTOR_HOLDS_GIL = torch.__version__ < "2.8"
 
 
-def autocast_enabled(device_type):
-    """Whether autocast is on for ``device_type`` ('cpu', 'cuda', ...). ``torch.is_autocast_enabled`` takes
-    the device type from torch 2.4; before, it answered for CUDA only and the CPU had its own function."""
+def _autocast_query_takes_device():
     try:
+        torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return False
+    return True
+
+
+# ``torch.is_autocast_enabled`` takes the device type from torch 2.4; before, it answered for CUDA only and
+# the CPU had its own function. Decided once at import: torch.compile then sees a constant (torch 2.2's
+# dynamo turns the TypeError of a call-time try into an internal error).
+AUTOCAST_QUERY_TAKES_DEVICE = _autocast_query_takes_device()
+
+
+def autocast_enabled(device_type):
+    """Whether autocast is on for ``device_type`` ('cpu', 'cuda', ...), on any torch from the floor on."""
+    if AUTOCAST_QUERY_TAKES_DEVICE:
         return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return device_type == "cuda" and torch.is_autocast_enabled()
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled()
+    return device_type == "cuda" and torch.is_autocast_enabled()
 
 
 def amp_grad_scaler(device_type, enabled):
     """A loss scaler for ``device_type``: ``torch.amp.GradScaler`` (torch >= 2.3), else the CUDA one, which
-    is also the pass-through a disabled scaler needs on any device."""
+    is also the pass-through a disabled scaler needs on any device. An enabled scaler off CUDA on a torch
+    without ``torch.amp.GradScaler`` raises TorchVersionError."""
     scaler_cls = getattr(torch.amp, "GradScaler", None)
     if scaler_cls is not None:
         return scaler_cls(device_type, enabled=enabled)
     if enabled and device_type != "cuda":
-        raise RuntimeError(f"amp fp16 on {device_type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch "
-                           f"{torch.__version__}")
+        raise TorchVersionError(f"amp: fp16 on {device_type} needs torch >= 2.3 (torch.amp.GradScaler); this is "
+                                f"torch {torch.__version__}: use amp: bf16 or none, or a newer torch")
     return torch.cuda.amp.GradScaler(enabled=enabled)

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from allspark.compat import COMPILE_FLOOR, TorchVersionError
 from allspark.engine.speed import autocast, compile_model, grad_scaler
 from allspark.engine.trainer import train_step
 from allspark.methods import AllSparkMethod
@@ -14,6 +15,8 @@ from allspark.models.allspark import _attention_weights
 from conftest import tiny_model_cfg, zero_dropout
 
 CPU = torch.device("cpu")
+# fp16 scales the loss with torch.amp.GradScaler, which torch 2.2 (the floor) lacks off CUDA
+FP16_SCALER = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="no torch.amp.GradScaler (torch < 2.3)")
 
 
 def make_step(amp="none", compile=False, model=None):
@@ -59,7 +62,7 @@ def test_bf16_eval_forward_stays_close_to_fp32():
     assert err < 0.05, f"bf16 logits differ from fp32 by {err:.3g} of their range"
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=FP16_SCALER)])
 def test_train_step_under_amp_learns(amp):
     model, step = make_step(amp)
     assert step.scaler.is_enabled() == (amp == "fp16")
@@ -74,7 +77,7 @@ def test_train_step_under_amp_learns(amp):
         assert value.dtype == before[key].dtype, f"{key}: parameters and buffers stay in their dtype"
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=FP16_SCALER)])
 def test_every_weight_gets_its_gradient_under_amp(amp):
     """The pseudo-label pass runs under no_grad inside the step's autocast. With autocast's cache of cast
     weights on, torch before 2.10 gave the training forward that pass's casts, without gradient history, and
@@ -94,6 +97,10 @@ def test_every_weight_gets_its_gradient_under_amp(amp):
 def test_compiled_step_matches_the_eager_step():
     # One step with the memory on (compiling takes a while on two cores): the pseudo-label pass, the
     # training forward with the S-Mem update and read, backward and SGD, compiled against eager.
+    if torch.__version__ < f"{COMPILE_FLOOR}.0a0":  # 2.2 / 2.3: S-Mem contents 2e-3 off, so refused
+        with pytest.raises(TorchVersionError, match=r"compile: true needs torch >= 2\.4"):
+            make_step(compile=True)
+        return
     eager_model, eager = make_step()
     compiled_model, compiled = make_step(compile=True, model=copy.deepcopy(eager_model))
     a = eager(toy_batch())

@@ -2,6 +2,7 @@
 import logging
 import sys
 
+from ..compat import TorchVersionError, check_torch_version
 from ..config import ConfigError
 from ..data import DataError
 from ..files import WriteError
@@ -9,14 +10,16 @@ from ..models import WeightsError
 
 __all__ = ["USER_ERRORS", "run_main"]
 
-# Errors of the user's input or surroundings (config, data, weights, a file that cannot be written):
-# logged as one line, exit status 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, WeightsError, WriteError)
+# Errors of the user's input or surroundings (config, data, weights, a file that cannot be written, a torch
+# too old): logged as one line, exit status 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, WeightsError, WriteError, TorchVersionError)
 
 
 def run_main(main, args, also=()):
-    """``main(args)``; a user error (or one of ``also``) is logged as ``error: ...`` and exits with status 2."""
+    """``main(args)`` on a torch from the floor on; a user error (or one of ``also``) is logged as
+    ``error: ...`` and exits with status 2."""
     try:
+        check_torch_version()
         return main(args)
     except (*USER_ERRORS, *also) as exc:
         logging.getLogger("allspark").error(f"error: {exc}")

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from ..compat import amp_grad_scaler
+from ..compat import amp_grad_scaler, check_compile
 
 __all__ = ["AMP_DTYPES", "autocast", "grad_scaler", "compile_model", "configure_backends"]
 
@@ -36,7 +36,9 @@ def grad_scaler(device, amp):
 
 def compile_model(net):
     """``torch.compile`` with static shapes: training crops are fixed, and the eval-mode pseudo-label
-    pass (B images) and the training forward (2B) then get a graph each instead of one dynamic graph."""
+    pass (B images) and the training forward (2B) then get a graph each instead of one dynamic graph.
+    On a torch older than ``compat.COMPILE_FLOOR`` it raises TorchVersionError."""
+    check_compile()
     return torch.compile(net, dynamic=False)
 
 
