@@ -2,13 +2,13 @@
 between them, detected once here."""
 import torch
 
-__all__ = ["TORCH_FLOOR", "COMPILE_FLOOR", "TorchVersionError", "check_torch_version", "check_compile",
-           "autocast_enabled", "amp_grad_scaler", "AUTOCAST_QUERY_TAKES_DEVICE", "GLOO_DESTRUCTOR_HOLDS_GIL"]
+__all__ = ["TORCH_FLOOR", "COMPILE_FLOOR", "TorchVersionError", "torch_older_than", "check_torch_version",
+           "check_compile", "autocast_enabled", "amp_grad_scaler", "AUTOCAST_QUERY_TAKES_DEVICE",
+           "GLOO_DESTRUCTOR_HOLDS_GIL"]
 
 # The oldest torch the tests pass on (requirements.txt). torch 2.1's CPU gelu backward returns wrong values
 # (NaN) when its incoming gradient is channels-last-strided and its input contiguous, which MiT's Mix-FFN and
-# AllSpark's map_in produce: its training losses turn NaN (fixed in 2.2). Pre-releases of the floor (an NGC
-# container's 2.2.0a0+...) count as the floor.
+# AllSpark's map_in produce: its training losses turn NaN (fixed in 2.2).
 TORCH_FLOOR = "2.2"
 # The oldest torch whose compiled training step matches the eager one (tests/test_speed_options.py): the
 # compilers of 2.2.2 and 2.3.1 wrote S-Mem contents up to 2e-3 off on the CPU (1e-6 noise in every weight moves
@@ -20,10 +20,16 @@ class TorchVersionError(RuntimeError):
     """The installed torch cannot run what was asked: older than the floor, or without an API a config needs."""
 
 
+def torch_older_than(floor, version=None):
+    """Whether ``version`` (default: the installed torch's) is older than ``floor`` ('2.2'); pre-releases of
+    the floor (an NGC container's 2.2.0a0+...) count as the floor."""
+    return torch.torch_version.TorchVersion(torch.__version__ if version is None else version) < f"{floor}.0a0"
+
+
 def check_torch_version(version=None):
     """Raise TorchVersionError when ``version`` (default: the installed torch's) is older than TORCH_FLOOR."""
-    version = torch.torch_version.TorchVersion(torch.__version__ if version is None else version)
-    if version < f"{TORCH_FLOOR}.0a0":
+    version = torch.__version__ if version is None else version
+    if torch_older_than(TORCH_FLOOR, version):
         raise TorchVersionError(f"torch {version} is older than {TORCH_FLOOR}, the oldest this project runs on "
                                 f"(requirements.txt): its CPU gelu backward gives NaN for channels-last "
                                 f"gradients; install torch >= {TORCH_FLOOR} with its torchvision")
@@ -31,8 +37,8 @@ def check_torch_version(version=None):
 
 def check_compile(version=None):
     """Raise TorchVersionError when ``version`` (default: the installed torch's) is older than COMPILE_FLOOR."""
-    version = torch.torch_version.TorchVersion(torch.__version__ if version is None else version)
-    if version < f"{COMPILE_FLOOR}.0a0":
+    version = torch.__version__ if version is None else version
+    if torch_older_than(COMPILE_FLOOR, version):
         raise TorchVersionError(f"compile: true needs torch >= {COMPILE_FLOOR}; this is torch {version}, whose "
                                 f"compiled AllSpark step drifts from the eager one (S-Mem contents 2e-3 off): "
                                 f"set compile: false or install a newer torch")
