@@ -1,5 +1,10 @@
-"""Data loaders for training and validation under torch.distributed, with reproducible seeds."""
+"""Data loaders for training and validation under torch.distributed, with reproducible seeds, whose
+worker processes end with the run however it ends."""
+import atexit
+import multiprocessing
+import multiprocessing.util  # (registers its exit handler now, before the one this module may add)
 import signal
+import weakref
 
 import numpy as np
 import torch
@@ -9,7 +14,8 @@ from ..config import resolve_path
 from ..data import SemiDataset
 from ..data.transforms import seed_all
 
-__all__ = ["mask_encoding", "ShardSampler", "SeededSampler", "build_loaders", "build_val_loader", "seed_all", "epoch_seed"]
+__all__ = ["mask_encoding", "StoppableLoader", "shutdown_loaders", "ShardSampler", "SeededSampler", "build_loaders",
+           "build_val_loader", "seed_all", "epoch_seed"]
 
 
 class ShardSampler(Sampler):
@@ -59,6 +65,67 @@ class SeededSampler(Sampler):
         return len(self.sampler) - self.start
 
 
+class StoppableLoader(DataLoader):
+    """A DataLoader whose worker processes its owner stops on the way out (:meth:`shutdown`).
+
+    The workers ignore SLURM's stop signals (:func:`ignore_stop_signals`), and Python's exit handler ends
+    daemonic children with SIGTERM and then joins them without a bound: a run that ended with its workers
+    alive would wait for them forever. ``shutdown`` uses each live iterator's own shutdown (what its
+    ``__del__`` runs; DataLoader has no public close): a None on every worker's index queue, a bounded
+    join. Workers that outlive it (one stuck in a sample) are killed at exit (:func:`_kill_daemonic_children`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._live_iterators = weakref.WeakSet()
+        if self.num_workers > 0:
+            _register_exit_kill()
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        self._live_iterators.add(iterator)
+        return iterator
+
+    def shutdown(self):
+        """Stop this loader's worker processes now (a persistent loader starts new ones if iterated again)."""
+        for iterator in list(self._live_iterators):
+            stop = getattr(iterator, "_shutdown_workers", None)  # absent for a loader without workers
+            if stop is not None:
+                stop()
+        self._live_iterators = weakref.WeakSet()
+        self._iterator = None  # the persistent workers' iterator, now stopped
+
+
+def shutdown_loaders(loaders):
+    """:meth:`StoppableLoader.shutdown` for each of ``loaders`` (other loaders are left to their iterators)."""
+    for loader in loaders:
+        if isinstance(loader, StoppableLoader):
+            loader.shutdown()
+
+
+_exit_kill_registered = False
+
+
+def _register_exit_kill():
+    global _exit_kill_registered
+    if not _exit_kill_registered:
+        # atexit runs its handlers last-registered first: this one before multiprocessing's (imported above)
+        atexit.register(_kill_daemonic_children)
+        _exit_kill_registered = True
+
+
+def _kill_daemonic_children():
+    """At exit, SIGKILL the daemonic children still alive (loader workers the run could not stop: they
+    ignore the SIGTERM multiprocessing's exit handler would send before joining them). torch's SIGCHLD
+    handler is put back to the default first: it would raise on workers killed by a signal."""
+    alive = [p for p in multiprocessing.active_children() if p.daemon]
+    if alive:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for p in alive:
+            p.kill()
+        for p in alive:
+            p.join(5)
+
+
 def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
     """A DataLoader with the config's worker settings. Persistent workers (the default) are forked
     once: forking anew every epoch from a process with live threads (gloo, queue feeders) can deadlock
@@ -67,14 +134,15 @@ def _loader(dataset, batch_size, sampler, cfg, env, drop_last):
     starts them in another epoch than an uninterrupted one)."""
     workers = cfg["num_workers"]
     extra = dict(persistent_workers=cfg["persistent_workers"], prefetch_factor=cfg["prefetch_factor"]) if workers else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=cfg["pin_memory"] and env.device.type == "cuda", drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals, **extra)
+    return StoppableLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                           pin_memory=cfg["pin_memory"] and env.device.type == "cuda", drop_last=drop_last,
+                           generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals, **extra)
 
 
 def ignore_stop_signals(worker_id):
     """Loader workers ignore SLURM's stop signals (sent to every process of a job step): the training
-    process handles them, finishes its step and checkpoints, and its workers must live until then."""
+    process handles them, finishes its step and checkpoints, and its workers must live until then. Their
+    process stops them itself on the way out (:class:`StoppableLoader`)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
 

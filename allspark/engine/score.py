@@ -16,7 +16,7 @@ from ..data.transforms import MEAN, STD
 from ..models import build_model, load_checkpoint, read_checkpoint
 from .dist import cleanup, setup_distributed
 from .evaluate import evaluate
-from .loaders import build_val_loader
+from .loaders import build_val_loader, shutdown_loaders
 from .logger import format_iou_table, setup_logger
 
 __all__ = ["main", "Visualiser", "load_trained_model"]
@@ -99,6 +99,7 @@ def main(args):
     """Score ``args.checkpoint`` on the config's val list; returns (mIoU, per-class IoU)."""
     env = setup_distributed(getattr(args, "port", None))
     setup_logger(env.rank)
+    val = None
     try:
         cfg = load_training_config(args.config, require_method=False, overrides=getattr(args, "opts", None))
         if args.mode:
@@ -115,4 +116,6 @@ def main(args):
         logger.info(format_iou_table(class_names(cfg), ious, miou, cfg["eval_mode"]))
         return miou, ious
     finally:
+        if val is not None:
+            shutdown_loaders([val])
         cleanup()

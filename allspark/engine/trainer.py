@@ -27,7 +27,7 @@ from .cluster import EXIT_PREEMPTED, RunLock, RunLockedError, StopRequest, parse
 from .dist import any_rank, broadcast_buffers, cleanup, gather_objects, setup_distributed
 from .rng import get_rng_state, set_rng_state
 from .evaluate import evaluate
-from .loaders import build_loaders, epoch_seed, seed_all
+from .loaders import build_loaders, epoch_seed, seed_all, shutdown_loaders
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
 from .speed import autocast, compile_model, configure_backends, grad_scaler
@@ -377,6 +377,7 @@ def main(args):
     if env.launcher == "torchrun":
         watch_parent()  # a killed torchrun must not leave its workers training
     stop = StopRequest(parse_duration(args.time_limit) if getattr(args, "time_limit", None) else None).install()
+    run = None
     try:
         run = _build_run(args, env)
         run.stop = stop
@@ -398,4 +399,6 @@ def main(args):
         run.tb.close()
         return run.best.get("", (0.0, 0))[0]
     finally:
+        if run is not None:  # however the run ends (its checkpoint, if any, is written by now)
+            shutdown_loaders(run.loaders.values())
         cleanup()
