@@ -4,7 +4,7 @@ Works on the CPU, one GPU, or under torchrun (each process scores its share of t
 import argparse
 
 from allspark.engine.entry import run_main
-from allspark.engine.evaluate import EVAL_MODES
+from allspark.config import EVAL_MODES
 from allspark.engine.score import main
 
 
@@ -23,5 +23,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def cli(argv=None):
+    """eval.py with ``argv`` (default: the command line's): (mIoU, per-class IoU), or its error as one line and
+    exit status 2."""
+    return run_main(main, parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_main(main, parse_args())
+    cli()

@@ -6,7 +6,7 @@ Writes OUT/<name>.png (palette PNGs of class indices), with --overlay OUT/overla
 import argparse
 
 from allspark.engine.entry import run_main
-from allspark.engine.evaluate import EVAL_MODES
+from allspark.config import EVAL_MODES
 from allspark.engine.predict import main
 
 
@@ -32,5 +32,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def cli(argv=None):
+    """predict.py with ``argv`` (default: the command line's): the number of predictions written, or its error as
+    one line and exit status 2."""
+    return run_main(main, parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_main(main, parse_args())
+    cli()

@@ -28,5 +28,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def cli(argv=None):
+    """train.py with ``argv`` (default: the command line's): the run, or its error as one line and exit status 2."""
+    return run_main(main, parse_args(argv), also=(FloatingPointError,))
+
+
 if __name__ == "__main__":
-    run_main(main, parse_args(), also=(FloatingPointError,))
+    cli()

@@ -48,7 +48,7 @@ def check_compile(version=None):
 # worker still releasing the tensors of a finished collective needs the GIL, so both can wait forever
 # (pytorch/pytorch#154976 released the GIL from 2.8 on). Seen here as two-process gloo runs on torch 2.4.1
 # hanging after their last checkpoint, at random.
-GLOO_DESTRUCTOR_HOLDS_GIL = torch.__version__ < "2.8"
+GLOO_DESTRUCTOR_HOLDS_GIL = torch_older_than("2.8")
 
 
 def _autocast_query_takes_device():

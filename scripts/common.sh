@@ -101,7 +101,7 @@ if [ ! -f "$labeled_id_path" ]; then
   die "split list not found: $labeled_id_path; splits of '$dataset': ${known:-none} (see splits/README.md)"
 fi
 if [ ! -f "$unlabeled_id_path" ] && [ "$dataset" = coco ]; then
-  echo "$(basename "$0"): $unlabeled_id_path is made from the COCO images: python -m allspark.data.splits complete" \
+  echo "$(basename "$0"): $unlabeled_id_path is made from the COCO images: python -m allspark.tools.splits complete" \
        "--labeled $labeled_id_path --root data/coco --image-dir train2017 --mask-dir masks --out $unlabeled_id_path" >&2
 fi
 

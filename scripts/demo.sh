@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 method=${1:-allspark}
 save_path=exp/toy/$method/demo
-[ -f data/toy/val.txt ] || python -m allspark.data.toy --root data/toy
+[ -f data/toy/val.txt ] || python -m allspark.tools.toy --root data/toy
 mkdir -p "$save_path"
 start=$(date +%s)
 OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 --master_addr=127.0.0.1 --master_port="${PORT:-29517}" \

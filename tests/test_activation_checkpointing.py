@@ -3,13 +3,10 @@ gradient stay those of the plain model (drop-path's random draws are replayed)."
 import pytest
 import torch
 
-from allspark.config import ConfigError
+from allspark.config import ConfigError, load_training_config
 from allspark.models import build_model
-from conftest import tiny_model_cfg
 
-TINY_DINOV2 = {"backbone": {"type": "dinov2", "kwargs": {"embed_dim": 32, "depth": 4, "num_heads": 2,
-                                                           "layers": [0, 1, 2, 3], "drop_path_rate": 0.2}},
-               "decoder": {"type": "dpt", "kwargs": {"num_class": 3, "features": 16, "out_channels": [8, 16, 16, 16]}}}
+from helpers import ROOT, tiny_dpt_cfg, tiny_model_cfg
 
 
 def loss_and_grads(cfg, checkpointing, size):
@@ -29,13 +26,9 @@ def loss_and_grads(cfg, checkpointing, size):
 
 @pytest.mark.parametrize("encoder", ["mit", "dinov2"])
 def test_same_loss_and_gradients(encoder):
-    if encoder == "mit":
-        cfg = tiny_model_cfg(num_class=3, decoder="segformer")
-        cfg["backbone"]["kwargs"]["drop_path_rate"] = 0.2  # random draws in every block
-        cfg["decoder"]["kwargs"] = {"num_class": 3, "in_planes": [16, 32, 40, 64], "embedding_dim": 32}
-        size = 65
-    else:
-        cfg, size = TINY_DINOV2, 56
+    cfg = tiny_model_cfg(num_class=3, decoder="segformer") if encoder == "mit" else tiny_dpt_cfg(num_class=3)
+    cfg["backbone"]["kwargs"]["drop_path_rate"] = 0.2  # random draws in every block
+    size = 65 if encoder == "mit" else 56
     plain, plain_grads = loss_and_grads(cfg, False, size)
     ckpt, ckpt_grads = loss_and_grads(cfg, True, size)
     assert torch.equal(plain, ckpt)
@@ -45,9 +38,6 @@ def test_same_loss_and_gradients(encoder):
 
 
 def test_config_key_is_checked():
-    from allspark.methods import load_training_config
-    from conftest import ROOT
-
     assert load_training_config(ROOT / "configs/toy_allspark.yaml")["activation_checkpointing"] is False
     with pytest.raises(ConfigError, match="activation_checkpointing must be bool"):
         load_training_config(ROOT / "configs/toy_allspark.yaml", overrides=["activation_checkpointing=maybe"])

@@ -7,11 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.config import PROJECT_ROOT
+from allspark.config import PROJECT_ROOT, load_training_config
 from allspark.data import CLASSES, DataError, SemiDataset, read_list
-from allspark.methods import load_training_config
-
-from test_training import TINY_MODEL, mious, run, train_args, write_config
+from helpers import call, mious, tiny_model_cfg, train_args, write_config
 
 
 def ade_tree(root, n_train=6, n_val=2, seed=0):
@@ -70,11 +68,10 @@ def test_a_short_run_trains_and_scores_150_classes(tmp_path):
     (tmp_path / "unlabeled.txt").write_text("".join(lists["training"].read_text().splitlines(True)[2:]))
     data = SimpleNamespace(root=tmp_path / "ade", val=str(lists["validation"]), labeled=str(tmp_path / "labeled.txt"),
                            unlabeled=str(tmp_path / "unlabeled.txt"))
-    model = {"backbone": TINY_MODEL["backbone"],
-             "decoder": {**TINY_MODEL["decoder"], "kwargs": {**TINY_MODEL["decoder"]["kwargs"], "num_class": 150}}}
-    cfg = write_config(tmp_path / "c.yaml", data, "allspark", dataset="ade20k", nclass=150, epochs=1, model=model)
-    out = run(train_args(cfg, data, tmp_path / "run"))
-    assert out.returncode == 0, out.stdout[-3000:]
-    assert len(mious(out.stdout)) == 1 and "Class [149 flag] IoU" in out.stdout
-    scored = run(["eval.py", "--config", str(cfg), "--checkpoint", str(tmp_path / "run" / "latest.pth")])
-    assert scored.returncode == 0 and mious(scored.stdout) == mious(out.stdout), scored.stdout[-2000:]
+    cfg = write_config(tmp_path / "c.yaml", data, "allspark", dataset="ade20k", nclass=150, epochs=1,
+                       model=tiny_model_cfg(num_class=150))
+    out = call("train", train_args(cfg, data, tmp_path / "run")[1:])
+    assert out.status == 0, out.log[-3000:]
+    assert len(mious(out.log)) == 1 and "Class [149 flag] IoU" in out.log
+    scored = call("eval", ["--config", cfg, "--checkpoint", tmp_path / "run" / "latest.pth"])
+    assert scored.status == 0 and mious(scored.log) == mious(out.log), scored.log[-2000:]

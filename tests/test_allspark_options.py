@@ -6,24 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from allspark.engine.speed import grad_scaler
-from allspark.engine.trainer import train_step
+from allspark.config import PROJECT_ROOT, load_training_config
+from allspark.engine.trainer import Trainer
 from allspark.methods import AllSparkMethod
 from allspark.methods.weak_to_strong import cutmix
 from allspark.models import build_model
 from allspark.models.allspark import memory_tokens
 
-from conftest import tiny_model_cfg, zero_dropout
-
-CPU = torch.device("cpu")
-
-
-def dinov2_allspark_cfg(head, crop=70):
-    return {"backbone": {"type": "dinov2", "kwargs": {"embed_dim": 48, "depth": 4, "num_heads": 2,
-                                                      "layers": [0, 1, 2, 3]}},
-            "decoder": {"type": "allspark", "kwargs": {"num_class": 5, "in_planes": [48] * 4, "image_size": crop,
-                                                       "warmup_epoch": 1, "embedding_dim": 32, "head": head,
-                                                       "features": 16, "out_channels": [8, 16, 32, 32]}}}
+from helpers import tiny_dinov2_allspark_cfg, tiny_model_cfg, training_config, zero_dropout
 
 
 def test_memory_tokens_follow_the_encoders_stride():
@@ -35,7 +25,7 @@ def test_memory_tokens_follow_the_encoders_stride():
 
 @pytest.mark.parametrize("head", ["segformer", "dpt"])
 def test_allspark_on_dinov2_trains_and_evaluates(head):
-    model = build_model(dinov2_allspark_cfg(head))
+    model = build_model(tiny_dinov2_allspark_cfg(head))
     attn = model.decoder.allspark.attn
     assert tuple(attn.kv_queue.shape) == (5, 48, 25)  # (70 / 14) ** 2 tokens of the deepest map
     model.eval()
@@ -69,48 +59,57 @@ def batch(seed=0, strong=False, box=None):
     g = torch.Generator().manual_seed(seed)
     img_x, img_u = torch.randn(2, 3, 65, 65, generator=g), torch.randn(2, 3, 65, 65, generator=g)
     mask_x = torch.randint(0, 5, (2, 65, 65), generator=g)
-    pad = torch.zeros(2, 65, 65, dtype=torch.long)
-    pad[1, -9:] = 1
+    padded = torch.zeros(2, 65, 65, dtype=torch.bool)
+    padded[1, -9:] = True
     if not strong:
-        return (img_x, mask_x), (img_u, pad * 254)
+        return (img_x, mask_x), {"img_w": img_u, "padded": padded}
     box = torch.zeros(2, 65, 65) if box is None else box
-    return (img_x, mask_x), (img_u, img_u.clone(), img_u.clone(), pad * 255, box, box.clone())
+    return (img_x, mask_x), {"img_w": img_u, "img_s1": img_u.clone(), "img_s2": img_u.clone(), "padded": padded,
+                             "box1": box, "box2": box.clone()}
 
 
-def step(model, method, data, epoch=1):
-    optimizer = method.build_optimizer(model, 0.01, 10.0)
-    return train_step(method, model, data, optimizer, grad_scaler(CPU, "none"), epoch=epoch, device=CPU)
+def trainer_of(model, **options):
+    """The trainer of method allspark with ``options`` on ``model`` (lr 0.01), stepping in epoch 1 (S-Mem on)."""
+    cfg = training_config(lr=0.01, **options)
+    return Trainer(cfg, model=model, loaders={"l": [None], "u": [None], "val": []})
+
+
+def step(model, data, epoch=1, **options):
+    """One trainer step of method allspark with ``options`` on ``model``: its log values."""
+    return trainer_of(model, **options).step(data, epoch, 0)
 
 
 def fresh_pair():
-    model = zero_dropout(build_model(tiny_model_cfg()))
+    model = zero_dropout(build_model(training_config()["model"]))
     return model, copy.deepcopy(model)
 
 
 def test_ema_teacher_reproduces_the_self_teacher_on_the_first_step():
     a, b = fresh_pair()
-    self_taught = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1).setup(a)
-    ema_taught = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1, teacher="ema").setup(b)
-    assert torch.equal(step(a, self_taught, batch()), step(b, ema_taught, batch()))
+    self_taught, ema_taught = trainer_of(a), trainer_of(b, teacher="ema")
+    assert torch.equal(self_taught.step(batch(), 1, 0), ema_taught.step(batch(), 1, 0))
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
-    ema_taught.after_step(b, 0)  # ratio 0: the teacher becomes the stepped model
-    for p, q in zip(b.parameters(), ema_taught.teacher.module.parameters()):
+    for p, q in zip(b.parameters(), ema_taught.method.teacher.module.parameters()):
+        assert not torch.equal(p, q), "the teacher followed the step half-way (EMA ratio 0.5 at iteration 1)"
+    ema_taught.method.after_step(b, 0)  # ratio 0: the teacher becomes the stepped model
+    for p, q in zip(b.parameters(), ema_taught.method.teacher.module.parameters()):
         assert torch.equal(p, q)
-    assert [t for t, _ in ema_taught.eval_models(b)] == ["", "ema"] and "model_ema" in ema_taught.extra_modules()
-    assert [t for t, _ in self_taught.eval_models(a)] == [""] and not self_taught.extra_modules()
+    method = ema_taught.method
+    assert [t for t, _ in method.eval_models(b)] == ["", "ema"] and "model_ema" in method.extra_modules()
+    assert [t for t, _ in self_taught.method.eval_models(a)] == [""] and not self_taught.method.extra_modules()
 
 
 def test_conf_thresh_masks_the_unconfident_pixels_and_is_logged():
     a, b = fresh_pair()
     c = copy.deepcopy(a)
-    plain = step(a, AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1), batch())
-    tiny = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1, conf_thresh=1e-6)
+    plain = step(a, batch())
+    tiny = trainer_of(b, conf_thresh=1e-6)
     assert list(tiny.log_keys) == ["loss", "loss_x", "loss_u", "mask_ratio"]
-    masked = step(b, tiny, batch())
+    masked = tiny.step(batch(), 1, 0)
     assert torch.allclose(plain, masked[:3], rtol=1e-5, atol=0), "every pixel confident: the plain CE"
     assert masked[3] == 1.0
-    high = step(c, AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1, conf_thresh=0.9), batch())
+    high = step(c, batch(), conf_thresh=0.9)
     assert high[3] < 1.0 and high[2] < plain[2], "unconfident pixels count with 0"
     assert high[1] == plain[1], "the labeled loss is untouched"
 
@@ -118,19 +117,20 @@ def test_conf_thresh_masks_the_unconfident_pixels_and_is_logged():
 def test_strong_aug_without_a_box_is_the_plain_step_and_cutmixes_the_pseudo_logits_with_one():
     a, b = fresh_pair()
     c = copy.deepcopy(a)
-    plain = step(a, AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1, ignore_unlabeled_padding=True), batch())
-    strong = AllSparkMethod(nn.CrossEntropyLoss(ignore_index=255), 1, ignore_unlabeled_padding=True, strong_aug=True)
-    assert strong.unlabeled_mode == "train_u_strong"
-    assert torch.equal(plain, step(b, strong, batch(strong=True))), "identical views and no box: nothing changes"
+    plain = step(a, batch(), ignore_unlabeled_padding=True)
+    strong = trainer_of(b, ignore_unlabeled_padding=True, strong_aug=True)
+    assert strong.method.unlabeled_mode == "train_u_strong"
+    assert torch.equal(plain, strong.step(batch(strong=True), 1, 0)), "identical views and no box: nothing changes"
     box = torch.zeros(2, 65, 65)
     box[0, 10:30, 5:50] = 1
     seen = {}
-    real = strong.forward_kwargs
-    strong.forward_kwargs = lambda pseudo, epoch: seen.update(pseudo=pseudo) or real(pseudo, epoch)
+    strong = trainer_of(c, ignore_unlabeled_padding=True, strong_aug=True)
+    real = strong.method.forward_kwargs
+    strong.method.forward_kwargs = lambda pseudo, epoch: seen.update(pseudo=pseudo) or real(pseudo, epoch)
     c.eval()
     with torch.no_grad():
-        teacher = c(batch(strong=True)[1][0])
-    step(c, strong, batch(strong=True, box=box))
+        teacher = c(batch(strong=True)[1]["img_w"])
+    strong.step(batch(strong=True, box=box), 1, 0)
     assert torch.equal(seen["pseudo"], cutmix(teacher, box)), "CSG and S-Mem see the mixed layout"
 
 
@@ -145,13 +145,10 @@ def test_adamw_option():
 
 @pytest.mark.parametrize("dataset, crop, classes", [("pascal", 518, 21), ("cityscapes", 798, 19), ("coco", 518, 81)])
 def test_shipped_allspark_dinov2_configs_build(dataset, crop, classes):
-    from allspark.config import PROJECT_ROOT
-    from allspark.methods import load_training_config
-
     cfg = load_training_config(PROJECT_ROOT / "configs" / f"{dataset}_allspark_dinov2.yaml")
     assert (cfg["method"], cfg["optimizer"], cfg["teacher"], cfg["strong_aug"], cfg["conf_thresh"]) == \
         ("allspark", "adamw", "self", False, 0.0)
     cfg["model"]["backbone"]["kwargs"]["pretrained"] = False
     model = build_model(cfg["model"])
     assert tuple(model.decoder.allspark.attn.kv_queue.shape) == (classes, 384, (crop // 14) ** 2)
-    assert model.input_multiple == 14 and hasattr(model.decoder, "head")
+    assert model.input_multiple == 14 and model.decoder.head_type == "dpt"

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from allspark.benchmark import main
+from allspark.tools.benchmark import main
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 @pytest.mark.parametrize("config, crop, extra, header", [

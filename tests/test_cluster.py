@@ -5,10 +5,8 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,94 +14,34 @@ import torch
 from PIL import Image
 
 from allspark.data import DataError, read_rgb
-from allspark.data.toy import make_toy_dataset
 from allspark.engine.checkpoint import save_checkpoint
 from allspark.engine.cluster import EXIT_PREEMPTED, RunLock, RunLockedError, StopRequest, parse_duration
 from allspark.files import WriteError, current_umask
-from conftest import ROOT
-from test_training import clean_env, free_port, run, train_args, write_config
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """20 labeled-list steps per epoch at batch size 2 (one process), 10 per process with two."""
-    root = tmp_path_factory.mktemp("data")
-    lists = make_toy_dataset(root, seed=2, num_train=44, num_val=2, num_labeled=4, min_size=64, max_size=72)
-    return SimpleNamespace(root=root, **{k: str(v) for k, v in lists.items()})
-
-
-def start(args, **kwargs):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def wait_for_line(proc, text, timeout=120):
-    """Read ``proc``'s output until a line holds ``text``; returns what was read."""
-    seen, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"{text!r} never came: {''.join(seen)[-3000:]}")
-
-
-def children(pid):
-    """Pids whose parent is ``pid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def rank_of(pid):
-    env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
-    return int(next(v for v in env if v.startswith(b"RANK=")).split(b"=")[1])
-
-
-def processes_with(text):
-    """Pids of live processes whose command line holds ``text``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
-def assert_same_run(a_path, b_path):
-    a, b = (torch.load(p, weights_only=True) for p in (a_path, b_path))
-    assert a["epoch"] == b["epoch"] and "interrupted" not in b
-    for entry in [e for e in ("model", "model_ema") if e in a]:
-        for key, value in a[entry].items():
-            assert torch.equal(value, b[entry][key]), (entry, key)
-    for idx, state in a["optimizer"]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, b["optimizer"]["state"][idx][key]), (idx, key)
-    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+from helpers import (ROOT, assert_same_run, call, children, processes_with, rank_of, run, start, torchrun,
+                     train_args, wait_for_line, write_config)
 
 
 # ---- one run per save path -------------------------------------------------------------------------------
 
+def _hold(path, locked):
+    lock = RunLock(path).acquire()
+    locked.set()
+    time.sleep(60)
+    lock.release()
+
+
 def test_lock_names_the_holder_and_a_dead_holder_does_not_block(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from allspark.engine.cluster import RunLock; "
-                               f"lock = RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # a holder of its own that is cheap to start
+    locked = context.Event()
+    holder = context.Process(target=_hold, args=(tmp_path, locked), daemon=True)
+    holder.start()
+    assert locked.wait(30)
     with pytest.raises(RunLockedError, match=rf"another run is using {tmp_path} \(host .*, pid {holder.pid}, since "):
         RunLock(tmp_path).acquire()
     holder.kill()
-    holder.wait()
+    holder.join()
     assert (tmp_path / ".lock").exists(), "the stale file stays"
     RunLock(tmp_path).acquire().release()  # and does not block
 
@@ -121,33 +59,33 @@ def test_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatc
     assert "cannot lock" in caplog.text and "No locks available" in caplog.text
 
 
-def test_second_run_on_the_same_save_path_stops_at_once(tmp_path, data):
-    cfg = write_config(tmp_path / "c.yaml", data, epochs=200)
+def test_second_run_on_the_same_save_path_stops_at_once(tmp_path, toy):
+    """A run on a save path another run holds stops at once, naming the holder, and leaves that path's files
+    alone; once the lock is free the next run takes it and removes what a killed run left mid-write. (The
+    holder is this process: fcntl locks belong to the open file, so the run's own open conflicts with it.)"""
+    cfg = write_config(tmp_path / "c.yaml", toy, epochs=1)
     save = tmp_path / "run"
-    first = start(train_args(cfg, data, save), start_new_session=True)
+    save.mkdir()
+    holder = RunLock(save).acquire()
     try:
-        wait_for_line(first, "===========> Epoch: 0")
         (save / ".latest.pth.x1y2.tmp").write_bytes(b"half")  # as a SIGKILL mid-write leaves it
-        second = run(train_args(cfg, data, save))
-        assert second.returncode == 2
-        assert (save / ".latest.pth.x1y2.tmp").exists(), "not the second run's to remove"
-        assert f"error: another run is using {save} (host " in second.stdout and f"pid {first.pid}" in second.stdout
-        assert "Epoch:" not in second.stdout
+        second = call("train", train_args(cfg, toy, save)[1:])
+        assert second.status == 2
+        assert f"error: another run is using {save} (host " in second.log and f"pid {os.getpid()}" in second.log
+        assert "Epoch:" not in second.log and (save / ".latest.pth.x1y2.tmp").exists(), "not the second run's to remove"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.communicate()
-    third = run(train_args(write_config(tmp_path / "c.yaml", data, epochs=1), data, save))  # the lock is free again
-    assert third.returncode == 0 and "removed .latest.pth.x1y2.tmp" in third.stdout
+        holder.release()
+    third = call("train", train_args(cfg, toy, save)[1:])  # the lock is free again
+    assert third.status == 0 and "removed .latest.pth.x1y2.tmp" in third.log
     assert not (save / ".latest.pth.x1y2.tmp").exists()
 
 
 # ---- no orphans -----------------------------------------------------------------------------------------
 
-def test_killed_torchrun_leaves_no_worker(tmp_path, data):
-    cfg = write_config(tmp_path / "c.yaml", data, epochs=20)
+def test_killed_torchrun_leaves_no_worker(tmp_path, toy):
     save = tmp_path / "orphans"
-    proc = start(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                  f"--master_port={free_port()}", *train_args(cfg, data, save)])
+    cfg = write_config(tmp_path / "c.yaml", toy, num_workers=1, epochs=20)
+    proc = start(torchrun(*train_args(cfg, toy, save)))
     try:
         wait_for_line(proc, "===========> Epoch: 1")
         workers = processes_with(str(save))
@@ -167,24 +105,24 @@ def test_killed_torchrun_leaves_no_worker(tmp_path, data):
 
 # ---- nothing non-finite is saved -------------------------------------------------------------------------
 
-def test_non_finite_buffer_is_never_saved(tmp_path, data, monkeypatch):
-    import train as train_py
-    from allspark.engine import trainer
+def test_non_finite_buffer_is_never_saved(tmp_path, toy, monkeypatch):
+    from allspark.engine.trainer import Trainer
 
-    cfg = write_config(tmp_path / "c.yaml", data, epochs=2)
+    cfg = write_config(tmp_path / "c.yaml", toy, epochs=2)
     save = tmp_path / "run"
-    validate = trainer._validate
+    validate = Trainer.validate
 
-    def validate_then_break(run, epoch):  # as if the weights had blown up during epoch 1
-        scores = validate(run, epoch)
+    def validate_then_break(trainer, epoch):  # as if the weights had blown up during epoch 1
+        scores = validate(trainer, epoch)
         if epoch == 1:
-            run.model.decoder.allspark.attn.kv_queue[0, 0, 0] = float("nan")
+            trainer.model.decoder.allspark.attn.kv_queue[0, 0, 0] = float("nan")
         return scores
 
-    monkeypatch.setattr(trainer, "_validate", validate_then_break)
-    with pytest.raises(FloatingPointError, match=r"epoch 1: model decoder.allspark.attn.kv_queue holds NaN or "
-                                                 r"infinite values; nothing was saved"):
-        trainer.main(train_py.parse_args(train_args(cfg, data, save)[1:]))
+    monkeypatch.setattr(Trainer, "validate", validate_then_break)
+    out = call("train", train_args(cfg, toy, save)[1:])
+    assert out.status == 2
+    assert ("error: epoch 1: model decoder.allspark.attn.kv_queue holds NaN or infinite values; nothing was saved"
+            in out.log)
     kept = torch.load(save / "latest.pth", weights_only=True)
     assert kept["epoch"] == 0 and torch.isfinite(kept["model"]["module.decoder.allspark.attn.kv_queue"]).all()
 
@@ -204,14 +142,13 @@ def test_non_finite_optimizer_state_is_named(tmp_path):
 # ---- preemption: stop on a signal, checkpoint mid-epoch, resume bitwise --------------------------------------
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_signal_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data, processes):
-    cfg = write_config(tmp_path / "c.yaml", data, num_workers=1)  # persistent loader workers
-    launch = (["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}"] if processes > 1 else [])
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run([*launch, *train_args(cfg, data, whole)]).returncode == 0
-    proc = start([*launch[:-1], f"--master_port={free_port()}", *train_args(cfg, data, broken)] if launch
-                 else train_args(cfg, data, broken))
+def test_signal_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, long_toy, reference_config, single_run,
+                                                                  torchrun_run, processes):
+    """Stopped by a signal in its second epoch (persistent loader workers), checkpointed, resumed: the same
+    run as the uninterrupted reference, in one process and in two (the signal to one of them)."""
+    broken = tmp_path / "broken"
+    argv = train_args(reference_config, long_toy, broken)
+    proc = start(torchrun(*argv) if processes > 1 else argv)
     wait_for_line(proc, "===========> Epoch: 1")
     wait_for_line(proc, "Iters: 0/")
     if processes == 1:
@@ -228,10 +165,14 @@ def test_signal_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data
     assert stopped["epoch"] == 1 and 0 < stopped["iteration"] < steps and ckpt["epoch"] == 0
     assert len(stopped["ranks"]) == processes and "kv_queue" in "".join(stopped["ranks"][-1]["buffers"]["model"])
 
-    out = run([*launch[:-1], f"--master_port={free_port()}", *train_args(cfg, data, broken)] if launch
-              else train_args(cfg, data, broken))
-    assert out.returncode == 0, out.stdout[-3000:]
-    assert f"epoch 1, step {stopped['iteration']} of {steps}" in out.stdout
+    if processes == 1:
+        resumed = call("train", argv[1:])
+        log, status, whole = resumed.log, resumed.status, single_run.save
+    else:
+        again = run(torchrun(*argv))
+        log, status, whole = again.stdout, again.returncode, torchrun_run.save
+    assert status == 0, log[-3000:]
+    assert f"epoch 1, step {stopped['iteration']} of {steps}" in log
     assert_same_run(whole / "latest.pth", broken / "latest.pth")
 
 
@@ -269,30 +210,28 @@ def test_slurm_script_requeues_a_stopped_run(tmp_path):
 
 # ---- provenance -----------------------------------------------------------------------------------------
 
-def test_provenance_in_checkpoints_logs_and_eval(tmp_path, data):
+def test_provenance_in_checkpoints_logs_and_eval(tmp_path, torchrun_run, reference_config):
     import yaml
 
-    cfg = write_config(tmp_path / "c.yaml", data, epochs=1)
-    out = run(train_args(cfg, data, tmp_path / "run"))
-    assert out.returncode == 0, out.stdout[-3000:]
-    assert "provenance: commit " in out.stdout and "world size 1" in out.stdout
-    prov = torch.load(tmp_path / "run/latest.pth", weights_only=True)["provenance"]
-    assert prov["config"]["crop_size"] == 65 and prov["world_size"] == 1 and "train.py" in prov["command"]
+    assert "provenance: commit " in torchrun_run.log and "world size 2" in torchrun_run.log
+    checkpoint = torchrun_run.save / "latest.pth"
+    prov = torch.load(checkpoint, weights_only=True)["provenance"]
+    assert prov["config"]["crop_size"] == 65 and prov["world_size"] == 2 and "train.py" in prov["command"]
     assert prov["torch"] == torch.__version__ and len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
 
-    same = run(["eval.py", "--config", str(cfg), "--checkpoint", str(tmp_path / "run/latest.pth")])
-    assert same.returncode == 0 and f"trained with: commit {prov['git_commit']}" in same.stdout
-    assert "differs from the config it was trained with" not in same.stdout
-    changed = yaml.safe_load(cfg.read_text())
+    same = call("eval", ["--config", reference_config, "--checkpoint", checkpoint])
+    assert same.status == 0 and f"trained with: commit {prov['git_commit']}" in same.log
+    assert "differs from the config it was trained with" not in same.log
+    changed = yaml.safe_load(reference_config.read_text())
     changed["model"]["decoder"]["kwargs"]["warmup_epoch"] = 3  # loads, and is warned about
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(changed))
-    other = run(["eval.py", "--config", str(tmp_path / "other.yaml"), "--checkpoint", str(tmp_path / "run/latest.pth")])
-    assert other.returncode == 0
-    assert "model.decoder.kwargs.warmup_epoch: 3 here, 1 in the checkpoint's config" in other.stdout
+    other = call("eval", ["--config", tmp_path / "other.yaml", "--checkpoint", checkpoint])
+    assert other.status == 0
+    assert "model.decoder.kwargs.warmup_epoch: 3 here, 1 in the checkpoint's config" in other.log
     changed["model"]["decoder"]["kwargs"]["num_heads"] = 4  # does not load: the warning says why first
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(changed))
-    other = run(["eval.py", "--config", str(tmp_path / "other.yaml"), "--checkpoint", str(tmp_path / "run/latest.pth")])
-    assert other.returncode == 2 and "num_heads: 4 here, 2 in the checkpoint's config" in other.stdout
+    other = call("eval", ["--config", tmp_path / "other.yaml", "--checkpoint", checkpoint])
+    assert other.status == 2 and "num_heads: 4 here, 2 in the checkpoint's config" in other.log
 
 
 # ---- clear errors ---------------------------------------------------------------------------------------
@@ -330,12 +269,12 @@ def test_checkpoint_permissions_follow_the_umask(tmp_path):
         os.umask(old)
 
 
-def test_save_path_that_is_a_file(tmp_path, data):
-    cfg = write_config(tmp_path / "c.yaml", data)
+def test_save_path_that_is_a_file(tmp_path, toy):
+    cfg = write_config(tmp_path / "c.yaml", toy)
     (tmp_path / "taken").write_text("notes")
-    out = run(train_args(cfg, data, tmp_path / "taken"))
-    assert out.returncode == 2 and f"error: --save-path {tmp_path / 'taken'} is a file, not a folder" in out.stdout
-    assert "Traceback" not in out.stdout + out.stderr
+    out = call("train", train_args(cfg, toy, tmp_path / "taken")[1:])
+    assert out.status == 2 and f"error: --save-path {tmp_path / 'taken'} is a file, not a folder" in out.log
+    assert "Traceback" not in out.log and "config " not in out.log, "before the config is read"
 
 
 def png16(path, arr):

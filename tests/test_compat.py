@@ -11,7 +11,7 @@ from allspark import compat
 from allspark.engine.entry import run_main
 from allspark.engine.speed import grad_scaler
 from allspark.models import attention as A
-from allspark.models.allspark import _attention_weights
+from allspark.models.allspark import attention_weights
 
 
 class TorchBefore24:
@@ -46,11 +46,11 @@ def test_autocast_detected_without_the_device_argument(monkeypatch):
     monkeypatch.setattr(compat, "torch", old_torch)
     monkeypatch.setattr(compat, "AUTOCAST_QUERY_TAKES_DEVICE", False)
     q, k, v = torch.randn(1, 2, 8, 5), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 8, 5)
-    exact, fused = _attention_weights(q, k), A.fused_attention(q, k, v)
+    exact, fused = attention_weights(q, k), A.fused_attention(q, k, v)
     assert not compat.autocast_enabled("cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert compat.autocast_enabled("cpu") and not compat.autocast_enabled("cuda")
-        weights, out = _attention_weights(q, k), A.fused_attention(q, k, v)
+        weights, out = attention_weights(q, k), A.fused_attention(q, k, v)
     assert old_torch.cpu_calls >= 5, "the CPU's own function answered at both call sites"
     assert weights.dtype == out.dtype == torch.float32  # the fp32 branches of both call sites ran
     assert torch.equal(weights, exact) and torch.equal(out, fused)

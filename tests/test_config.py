@@ -7,7 +7,7 @@ import yaml
 from allspark.config import ConfigError, load_yaml
 from allspark.models import build_model
 
-from conftest import ROOT, tiny_model_cfg
+from helpers import ROOT, tiny_model_cfg
 
 RELEASE_STYLE = """
 model:

@@ -3,11 +3,9 @@ import logging
 
 import pytest
 import torch
-import yaml
 
-from allspark.config import PROJECT_ROOT, ConfigError
+from allspark.config import PROJECT_ROOT, ConfigError, load_training_config
 from allspark.engine.losses import OhemCrossEntropy
-from allspark.methods import load_training_config
 
 TOY = PROJECT_ROOT / "configs" / "toy_allspark.yaml"
 
@@ -61,6 +59,18 @@ def test_opts_are_typed_and_checked():
     with pytest.raises(ConfigError, match=r"lr is not a section, cannot set lr.x"):
         load_training_config(TOY, overrides=["lr.x=1"])
     assert load_training_config(TOY, overrides=["method=semi", "model.decoder.type=segformer"])["method"] == "semi"
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 5e-6 as a string; a config's lr: 5e-6 (or --opts lr=5e-6) is the number it looks like."""
+    assert load_training_config(TOY, overrides=["lr=5e-6"])["lr"] == 5e-6
+    text = TOY.read_text().replace("lr: 0.0025", "lr: 2.5e-3\nlr_multi: 1E+1")
+    assert "2.5e-3" in text and "lr_multi: 10.0" in text
+    (tmp_path / "c.yaml").write_text(text.replace("lr_multi: 10.0\n", ""))
+    cfg = load_training_config(tmp_path / "c.yaml")
+    assert (cfg["lr"], cfg["lr_multi"]) == (0.0025, 10.0)
+    with pytest.raises(ConfigError, match=r"lr must be int or float, got 'e5'"):
+        load_training_config(TOY, overrides=["lr=e5"])
 
 
 def test_allspark_release_config_loads_with_a_note(tmp_path, caplog):

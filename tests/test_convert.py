@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from allspark.data.classes import CLASSES
-from allspark.data.convert import main
+from allspark.tools.convert import main
 
 
 def test_cityscapes_label_ids_become_train_ids(tmp_path):

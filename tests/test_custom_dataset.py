@@ -1,15 +1,16 @@
 """The README's "Your own dataset" walk-through, command for command, on a small dataset made here: a folder
 of images (some without masks) -> split lists -> a config that describes the dataset -> the data check ->
-scripts/train.sh -> eval.py -> predict.py."""
+scripts/train.sh -> eval.py -> predict.py. The launchers run as the README runs them; the Python tools and
+eval.py run in this process, as their commands would."""
 import os
 import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
 from allspark.data import read_list
-from conftest import ROOT
+from allspark.tools import check_data, splits
+from helpers import ROOT, call, free_port
 
 # The config of the walk-through (README), with absolute paths; the model is made tiny on the command line.
 CONFIG = """\
@@ -76,33 +77,33 @@ def make_dataset(root, n=12, unannotated=3):
             Image.fromarray(mask).save(root / f"masks/{k:03d}.png")
 
 
-def test_walkthrough(tmp_path):
-    root, splits = tmp_path / "data/mine", tmp_path / "splits/mine/4"
+def test_walkthrough(tmp_path, capsys):
+    root, lists = tmp_path / "data/mine", tmp_path / "splits/mine/4"
     make_dataset(root)
-    py = sys.executable
-    out = run(py, "-m", "allspark.data.splits", "make", "--root", str(root), "--image-dir", "images", "--mask-dir",
-              "masks", "--count", "4", "--val-count", "2", "--seed", "0", "--out", str(splits))
-    assert "4 labeled, 6 unlabeled (3 without a mask), 2 val" in out
-    assert sum(s.mask is None for s in read_list(splits / "unlabeled.txt", image_only=True)) == 3
+    assert splits.main(["make", "--root", str(root), "--image-dir", "images", "--mask-dir", "masks", "--count", "4",
+                        "--val-count", "2", "--seed", "0", "--out", str(lists)]) == 0
+    assert "4 labeled, 6 unlabeled (3 without a mask), 2 val" in capsys.readouterr().out
+    assert sum(s.mask is None for s in read_list(lists / "unlabeled.txt", image_only=True)) == 3
     config = tmp_path / "mine.yaml"
-    config.write_text(CONFIG.format(root=root, splits=splits))
+    config.write_text(CONFIG.format(root=root, splits=lists))
 
-    out = run(py, "-m", "allspark.data.check", "--config", str(config), "--lists", str(splits / "labeled.txt"),
-              "--unlabeled", str(splits / "unlabeled.txt"), "--full")
+    assert check_data.main(["--config", str(config), "--lists", str(lists / "labeled.txt"), "--unlabeled",
+                            str(lists / "unlabeled.txt"), "--full"]) == 0
+    out = capsys.readouterr().out
     assert "sky" in out and "road" in out and "(ignore)" in out and "classes never seen" not in out
 
     save = tmp_path / "exp"
-    out = run("bash", "scripts/train.sh", "1", "29561", "mine", "allspark", str(splits), "--config", str(config),
+    out = run("bash", "scripts/train.sh", "1", str(free_port()), "mine", "allspark", str(lists), "--config", str(config),
               "--save-path", str(save), "epochs=2", "crop_size=65", "num_workers=0", TINY)
     assert "sky" in out and "MeanIoU" in out
     assert (save / "latest.pth").is_file() and len(list(save.glob("*.log"))) == 1
 
     tiny = ["--opts", "crop_size=65", TINY]
-    out = run(py, "eval.py", "--config", str(config), "--checkpoint", str(save / "latest.pth"), *tiny)
-    assert "tree" in out and "sliding_window" in out
+    out = call("eval", ["--config", config, "--checkpoint", save / "latest.pth", *tiny])
+    assert out.status == 0 and "tree" in out.log and "sliding_window" in out.log
     pred = tmp_path / "pred"
     # two processes under torchrun, each predicting its share
-    out = run("torchrun", "--nproc_per_node=2", "--master_port=29562", "predict.py", "--config", str(config),
+    out = run("torchrun", "--nproc_per_node=2", f"--master_port={free_port()}", "predict.py", "--config", str(config),
               "--checkpoint", str(save / "latest.pth"), "--input", str(root / "images"), "--output", str(pred),
               "--overlay", *tiny)
     assert "wrote 6 prediction(s)" in out

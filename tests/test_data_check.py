@@ -1,4 +1,4 @@
-"""The pre-flight data check (stat calls at start-up) and `python -m allspark.data.check`."""
+"""The pre-flight data check (stat calls at start-up) and `python -m allspark.tools.check_data`."""
 import numpy as np
 import pytest
 import yaml
@@ -6,7 +6,8 @@ from PIL import Image
 
 from allspark.config import PROJECT_ROOT
 from allspark.data import DataError
-from allspark.data.check import main, preflight
+from allspark.data.check import preflight
+from allspark.tools.check_data import main
 
 
 def make_tree(root, n=4, size=(40, 30)):

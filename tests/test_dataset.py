@@ -7,43 +7,10 @@ import torch
 from PIL import Image
 
 import allspark.data.semi as semi
-from allspark.data import DataError, SemiDataset, palette_of
+from allspark.data import DataError, SemiDataset
 from allspark.data.transforms import MEAN, STD
 
-
-def write_sample(root, image_rel, mask_rel, w, h, num_classes, rng, palette=False, mask_size=None):
-    img = rng.integers(10, 256, size=(h, w, 3), dtype=np.uint8)  # never black: padding stays recognisable
-    mask = rng.integers(0, num_classes, size=mask_size[::-1] if mask_size else (h, w), dtype=np.uint8)
-    mask[0, :3] = 255
-    (root / image_rel).parent.mkdir(parents=True, exist_ok=True)
-    (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(root / image_rel)
-    m = Image.fromarray(mask, mode="P" if palette else "L")
-    if palette:
-        m.putpalette(palette_of("pascal"))
-    m.save(root / mask_rel)
-    return mask
-
-
-LAYOUTS = {
-    "pascal": (21, True, lambda i: (f"JPEGImages/2007_{i:06d}.jpg", f"SegmentationClass/2007_{i:06d}.png")),
-    "cityscapes": (19, False, lambda i: (f"leftImg8bit/train/jena/jena_{i:06d}_000019_leftImg8bit.png",
-                                         f"gtFine/train/jena/jena_{i:06d}_000019_gtFine_labelTrainIds.png")),
-    "coco": (81, False, lambda i: (f"train2017/{i:012d}.jpg", f"masks/{i:012d}.png")),
-}
-
-
-def make_tree(tmp_path, layout, n=3, w=40, h=30):
-    num_classes, palette, names = LAYOUTS[layout]
-    rng = np.random.default_rng(0)
-    root = tmp_path / layout
-    lines, masks = [], []
-    for i in range(n):
-        image_rel, mask_rel = names(i)
-        masks.append(write_sample(root, image_rel, mask_rel, w, h, num_classes, rng, palette))
-        lines.append(f"{image_rel} {mask_rel}\n")
-    (tmp_path / f"{layout}.txt").write_text("".join(lines))
-    return root, tmp_path / f"{layout}.txt", masks
+from helpers import LAYOUTS, make_tree, write_sample
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -64,24 +31,24 @@ def test_layouts_val_and_train(tmp_path, layout):
     assert set(mask.unique().tolist()) <= set(range(LAYOUTS[layout][0])) | {255}
 
 
-def test_unlabeled_ignore_mask_marks_padding(tmp_path):
+def test_unlabeled_samples_mark_their_padding(tmp_path):
     root, lst, _ = make_tree(tmp_path, "pascal", w=30, h=20)
     ds = SemiDataset("pascal", root, "train_u", size=80, id_path=lst)  # 2x of 30 is 60 < 80: always padded
     pad_value = (-torch.tensor(MEAN) / torch.tensor(STD))[:, None, None]
     for seed in range(5):
         random.seed(seed)
-        img, ignore = ds[seed % 3]
-        assert ignore.dtype == torch.int64 and set(ignore.unique().tolist()) == {0, 254}
-        padded = torch.isclose(img, pad_value, atol=1e-5).all(dim=0)
-        assert torch.equal(ignore == 254, padded)
+        sample = ds[seed % 3]
+        assert set(sample) == {"img_w", "padded"} and sample["padded"].dtype == torch.bool
+        padded = torch.isclose(sample["img_w"], pad_value, atol=1e-5).all(dim=0)
+        assert padded.any() and torch.equal(sample["padded"], padded)
 
 
 def test_unlabeled_mask_file_is_not_read(tmp_path):
     root, lst, _ = make_tree(tmp_path, "coco")
     for path in (root / "masks").iterdir():
         path.unlink()
-    img, ignore = SemiDataset("coco", root, "train_u", size=16, id_path=lst)[0]
-    assert img.shape == (3, 16, 16)
+    sample = SemiDataset("coco", root, "train_u", size=16, id_path=lst)[0]
+    assert sample["img_w"].shape == (3, 16, 16) and "truth" not in sample
 
 
 def test_photometric_transforms_on_labeled_images_only(tmp_path, monkeypatch):
@@ -107,15 +74,15 @@ def test_labeled_and_unlabeled_share_geometry_but_not_colour(tmp_path, monkeypat
     differs = 0
     for seed in range(6):
         img_l, _ = _item("train_l", root, lst, seed)
-        img_u, _ = _item("train_u", root, lst, seed)
+        img_u = _item("train_u", root, lst, seed)["img_w"]
         differs += int(not torch.allclose(img_l, img_u))
     assert differs >= 4  # p(no colour change at all) = 0.2 * 0.8 * 0.5 per sample
     monkeypatch.setattr(semi, "photometric", lambda img: img)
     for seed in range(6):
         img_l, mask = _item("train_l", root, lst, seed)
-        img_u, ignore = _item("train_u", root, lst, seed)
-        assert torch.equal(img_l, img_u)
-        assert (mask[ignore == 254] == 255).all(), "padding: 255 in the labeled mask, 254 in the ignore mask"
+        unlabeled = _item("train_u", root, lst, seed)
+        assert torch.equal(img_l, unlabeled["img_w"])
+        assert (mask[unlabeled["padded"]] == 255).all(), "padding: 255 in the labeled mask, marked in the unlabeled"
 
 
 # ---- bad input ------------------------------------------------------------------------------------
@@ -198,7 +165,7 @@ def test_unknown_dataset_needs_num_classes(tmp_path):
 
 @pytest.mark.parametrize("mode", ["train_u", "train_u_strong"])
 def test_unlabeled_truth_is_the_labeled_crop_when_asked_for(tmp_path, mode):
-    """unlabeled_labels: the true labels of the unlabeled crop come last (255 where padded), with the same
+    """unlabeled_labels: the true labels of the unlabeled crop (``truth``, 255 where padded), with the same
     geometry as a labeled crop drawn with the same seed; without it, or with a mask missing, nothing is read."""
     root, lst, _ = make_tree(tmp_path, "pascal", w=30, h=20)
     for seed in range(4):
@@ -206,7 +173,7 @@ def test_unlabeled_truth_is_the_labeled_crop_when_asked_for(tmp_path, mode):
         items = SemiDataset("pascal", root, mode, size=48, id_path=lst, unlabeled_labels=True)[0]
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         _, mask = SemiDataset("pascal", root, "train_l_weak", size=48, id_path=lst)[0]
-        assert len(items) == (3 if mode == "train_u" else 7) and torch.equal(items[-1], mask)
-    assert len(SemiDataset("pascal", root, mode, size=48, id_path=lst)[0]) == (2 if mode == "train_u" else 6)
+        assert len(items) == (3 if mode == "train_u" else 7) and torch.equal(items["truth"], mask)
+    assert "truth" not in SemiDataset("pascal", root, mode, size=48, id_path=lst)[0]
     next((root / "SegmentationClass").iterdir()).unlink()
     assert not SemiDataset("pascal", root, mode, size=48, id_path=lst, unlabeled_labels=True).with_labels

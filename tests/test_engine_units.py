@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import ConfigError, PROJECT_ROOT
-from allspark.methods import load_training_config as load_config
+from allspark.config import PROJECT_ROOT, ConfigError, load_training_config
 from allspark.engine.dist import resolve_env
 from allspark.engine.evaluate import center_crop, sliding_window
 from allspark.engine.loaders import ShardSampler
@@ -178,14 +177,14 @@ def test_resolve_env_torchrun_slurm_and_single(tmp_path, monkeypatch):
     ("coco_allspark", dict(crop_size=513, epochs=10, batch_size=4, lr=0.001, lr_multi=10.0, nclass=81)),
 ])
 def test_release_recipes(name, values):
-    cfg = load_config(PROJECT_ROOT / "configs" / f"{name}.yaml")
+    cfg = load_training_config(PROJECT_ROOT / "configs" / f"{name}.yaml")
     assert {k: cfg[k] for k in values} == values
     assert cfg["ignore_unlabeled_padding"] is False and cfg["memory_sync"] == "broadcast"
 
 
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+    cfg = load_training_config(path)
     expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup",
                 "unimatch_v2": "unimatch_v2", "allspark_dinov2": "allspark",
                 "allspark_weak_to_strong": "allspark"}[path.stem.split("_", 1)[1]]
@@ -222,13 +221,13 @@ def write_config(tmp_path, **changes):
 ])
 def test_config_errors(tmp_path, changes, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        load_config(write_config(tmp_path, **changes))
+        load_training_config(write_config(tmp_path, **changes))
 
 
 def test_method_flag_overrides_and_is_required(tmp_path):
     with pytest.raises(ConfigError, match="no method"):
-        load_config(write_config(tmp_path, method=...))
-    assert load_config(write_config(tmp_path, method=...), method="allspark")["method"] == "allspark"
+        load_training_config(write_config(tmp_path, method=...))
+    assert load_training_config(write_config(tmp_path, method=...), method="allspark")["method"] == "allspark"
 
 
 def test_seeded_samplers_draw_independent_streams():
@@ -253,7 +252,7 @@ def test_loader_settings_come_from_the_config(tmp_path):
     lists = make_toy_dataset(tmp_path / "toy", seed=0, num_train=8, num_val=2, num_labeled=2, min_size=64,
                              max_size=72)
     base = dict(data_root=str(tmp_path / "toy"), val_id_path=str(lists["val"]))
-    cfg = load_config(write_config(tmp_path, num_workers=..., **base))  # the defaults
+    cfg = load_training_config(write_config(tmp_path, num_workers=..., **base))  # the defaults
     assert (cfg["num_workers"], cfg["pin_memory"], cfg["persistent_workers"], cfg["prefetch_factor"]) == (2, True, True, 2)
     cfg.update(persistent_workers=False, prefetch_factor=5)
     loaders = build_loaders(cfg, DistEnv(), lists["labeled"], lists["unlabeled"], seed=0)

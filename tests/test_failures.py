@@ -4,9 +4,7 @@ process and under torchrun with two, eval.py and predict.py.
 
 The cases run a few at a time (each is mostly start-up), once per module; each test checks one case."""
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,19 +12,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from allspark.data.toy import make_toy_dataset
 from allspark.engine.cluster import EXIT_PREEMPTED, RunLock
 from allspark.engine.entry import EXIT_INTERRUPTED, EXIT_USER_ERROR
-from conftest import ROOT
-from test_cluster import processes_with
-from test_training import clean_env, write_config
+from helpers import ROOT, call, clean_env, make_toy, processes_with, torchrun, write_config
 
 HANG_S = 120  # far above what any case takes (under 25 s here, four at a time on two cores)
 AT_ONCE = 4
@@ -43,6 +37,7 @@ class Case:
     action: object = None
     holder: Path = None  # a save path whose run lock the test holds while the case runs
     user_error: bool = True  # a one-line error, no traceback
+    crash: bool = False  # the third training step raises (a process runs train.py through a wrapper that makes it)
 
 
 @dataclass
@@ -52,27 +47,6 @@ class Outcome:
     seconds: float
     hung: bool
     leftover: list = field(default_factory=list)
-
-
-_ports = iter(range(21000 + os.getpid() % 4000, 30000))
-
-
-def unused_port():
-    """A port below the kernel's ephemeral range (which gloo's and other cases' connections draw from while
-    the cases run at once), free now."""
-    for port in _ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below 30000")
-
-
-def torchrun(*args):
-    return ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={unused_port()}", *args]
 
 
 def signal_group(sig):
@@ -87,7 +61,8 @@ def execute(case, marker):
         case.holder.mkdir(parents=True, exist_ok=True)
         holder = RunLock(case.holder).acquire()
     began = time.monotonic()
-    proc = subprocess.Popen([sys.executable, *case.argv], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
+    argv = ["-c", CRASH.format(argv=case.argv)] if case.crash else case.argv
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
 
@@ -153,43 +128,43 @@ def _garbage(src, dst):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """20 steps an epoch for one process (10 for each of two); lists with one broken sample first."""
-    root = tmp_path_factory.mktemp("data")
-    lists = make_toy_dataset(root, seed=3, num_train=44, num_val=4, num_labeled=4, min_size=64, max_size=72)
-    first = lists["labeled"].read_text().splitlines()
+    out = make_toy(tmp_path_factory.mktemp("data"), seed=3, num_train=44, num_val=4, min_size=64, max_size=72)
+    root = out.root
+    first = Path(out.labeled).read_text().splitlines()
     image, mask = first[0].split()
     broken = {
         "value": f"{image} {_broken_copy(root, mask, 'value7', _value_7)}",
         "size": f"{image} {_broken_copy(root, mask, 'bigger', _bigger)}",
         "unreadable": f"{_broken_copy(root, image, 'garbage', _garbage)} {mask}",
     }
-    out = SimpleNamespace(root=root, **{k: str(v) for k, v in lists.items()})
     for kind, line in broken.items():  # the broken sample on every line: whichever rank draws first meets it
         (root / f"{kind}.txt").write_text("\n".join([line] * len(first)) + "\n")
         setattr(out, kind, str(root / f"{kind}.txt"))
-    val = lists["val"].read_text().splitlines()
+    val = Path(out.val).read_text().splitlines()
     (root / "bad_val.txt").write_text("\n".join(val[:2] + [broken["value"]] + val[3:]) + "\n")
     out.bad_val = str(root / "bad_val.txt")
-    (root / "short.txt").write_text("\n".join(lists["unlabeled"].read_text().splitlines()[:4]) + "\n")
+    (root / "short.txt").write_text("\n".join(Path(out.unlabeled).read_text().splitlines()[:4]) + "\n")
     out.short = str(root / "short.txt")  # epochs of 2 steps (1 with two processes)
     return out
 
 
 CRASH = ("import runpy, sys\n"
-         "import allspark.engine.trainer as trainer\n"
-         "real, calls = trainer.train_step, []\n"
-         "def train_step(*args, **kwargs):\n"
+         "from allspark.engine.trainer import Trainer\n"
+         "real, calls = Trainer.step, []\n"
+         "def step(*args, **kwargs):\n"
          "    calls.append(1)\n"
          "    if len(calls) == 3:\n"
          "        raise RuntimeError('injected crash in the training step')\n"
          "    return real(*args, **kwargs)\n"
-         "trainer.train_step = train_step\n"
+         "Trainer.step = step\n"
          "sys.argv = {argv!r}\n"
          "runpy.run_path('train.py', run_name='__main__')\n")
 
 
-def cases(tmp, data):
-    """{name: (Case, marker)}: the marker, a path of the case's own, is in the command line of every
-    process the case starts."""
+def cases(tmp, data, checkpoint):
+    """{name: (Case, marker)} of every failure: the marker, a path of the case's own, is in the command line of
+    every process the case starts. The single-process cases' processes run under ``execute``; every one of
+    them also runs in this process (``test_in_one_process_...``)."""
     cfg = write_config(tmp / "c.yaml", data, num_workers=1, persistent_workers=True, epochs=3)
     ckpt_cfg = write_config(tmp / "one_epoch.yaml", data, num_workers=1, persistent_workers=True, epochs=1)
     out = {}
@@ -210,8 +185,7 @@ def cases(tmp, data):
         train(f"{prefix}non_finite_loss", data.labeled, "--opts", "lr=1.0e+12", launch=launch,
               status=failed or EXIT_USER_ERROR, expect="error: non-finite loss (nan) at epoch 0")
         train(f"{prefix}eval_error", data.labeled, "--opts", f"val_id_path={data.bad_val}", launch=launch,
-              unlabeled=data.short,
-              status=failed or EXIT_USER_ERROR, expect="error: mask ")
+              unlabeled=data.short, status=failed or EXIT_USER_ERROR, expect="error: mask ")
         save = train(f"{prefix}write_error", data.labeled, config=ckpt_cfg, launch=launch, unlabeled=data.short,
                      status=failed or EXIT_USER_ERROR, expect="error: cannot write checkpoint ")
         (save / "latest.pth").mkdir(parents=True)  # the rename onto it fails
@@ -225,35 +199,54 @@ def cases(tmp, data):
     # ranks are sessions of their own, and the preemption tests of test_cluster signal them)
     train("signal", data.labeled, status=EXIT_PREEMPTED, expect="stopping (SIGTERM) after step",
           trigger="Iters: 0/", action=signal_group(signal.SIGTERM))
-    marker = tmp / "crash"
-    argv = ["train.py", "--config", str(cfg), "--labeled-id-path", data.labeled, "--unlabeled-id-path",
-            data.unlabeled, "--save-path", str(marker)]
-    out["crash"] = (Case(["-c", CRASH.format(argv=argv)], status=1, expect="RuntimeError: injected crash",
-                         user_error=False), str(marker))
-    checkpoint = str(tmp / "model.pth")
+    train("crash", data.labeled, status=1, expect="RuntimeError: injected crash", user_error=False, crash=True)
     for prefix, launch, failed in (("", False, None), ("torchrun_", True, 1)):
         marker = tmp / f"{prefix}eval_py"
-        out[f"{prefix}eval_py"] = (Case([*(torchrun() if launch else ()), "eval.py", "--config", str(cfg), "--checkpoint", checkpoint,
-                                         "--save-vis", str(marker), "--opts", f"val_id_path={data.bad_val}"],
+        out[f"{prefix}eval_py"] = (Case([*(torchrun() if launch else ()), "eval.py", "--config", str(cfg),
+                                         "--checkpoint", str(checkpoint), "--save-vis", str(marker), "--opts",
+                                         f"val_id_path={data.bad_val}"],
                                         status=failed or EXIT_USER_ERROR, expect="error: mask "), str(marker))
     marker = tmp / "predict_out"
-    out["predict_py"] = (Case(["predict.py", "--config", str(cfg), "--checkpoint", checkpoint, "--input",
+    out["predict_py"] = (Case(["predict.py", "--config", str(cfg), "--checkpoint", str(checkpoint), "--input",
                                data.unreadable, "--root", str(data.root), "--output", str(marker)],
                               status=EXIT_USER_ERROR, expect="cannot be read"), str(marker))
     return out
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, data):
-    """{name: (Case, marker, Outcome)}, every case run at once."""
+def checkpoint(tmp_path_factory, data):
+    """The checkpoint eval.py and predict.py read."""
+    from allspark.config import load_training_config
     from allspark.engine.checkpoint import release_state_dict, save_checkpoint
-    from allspark.methods import load_training_config
     from allspark.models import build_model
 
-    tmp = tmp_path_factory.mktemp("failures")
+    tmp = tmp_path_factory.mktemp("model")
     model = build_model(load_training_config(write_config(tmp / "model.yaml", data))["model"])
-    save_checkpoint({"model": release_state_dict(model), "epoch": 0}, tmp / "model.pth")  # for eval.py, predict.py
-    todo = cases(tmp, data)
+    save_checkpoint({"model": release_state_dict(model), "epoch": 0}, tmp / "model.pth")
+    return tmp / "model.pth"
+
+
+@pytest.fixture
+def failures(tmp_path, data, checkpoint):
+    """{name: (Case, marker)}, in a folder of the test's own."""
+    return cases(tmp_path, data, checkpoint)
+
+
+# In one process every case runs in this one; as processes: a failure whose exception reaches the interpreter's
+# exit through a loader worker (the reported hang), Ctrl-C and SLURM's SIGTERM sent to the whole process group
+# (the loader workers get them too), and every case under torchrun.
+NAMES = ["data_value", "data_size", "data_unreadable", "non_finite_loss", "eval_error", "write_error", "interrupt",
+         "locked", "time_limit", "signal", "crash", "eval_py", "predict_py"]
+PROCESSES = ["data_value", "interrupt", "signal"]
+TORCHRUN = ["torchrun_data_value", "torchrun_non_finite_loss", "torchrun_eval_error", "torchrun_write_error",
+            "torchrun_interrupt", "torchrun_locked", "torchrun_time_limit", "torchrun_eval_py"]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, data, checkpoint):
+    """{name: (Case, marker, Outcome)} of the cases run as processes, a few at a time."""
+    every = cases(tmp_path_factory.mktemp("processes"), data, checkpoint)
+    todo = {name: every[name] for name in PROCESSES + TORCHRUN}
     with ThreadPoolExecutor(AT_ONCE) as pool:
         futures = {name: pool.submit(execute, case, marker) for name, (case, marker) in todo.items()}
         done = {name: (*todo[name], f.result()) for name, f in futures.items()}
@@ -262,14 +255,7 @@ def outcomes(tmp_path_factory, data):
     return done
 
 
-NAMES = ["data_value", "data_size", "data_unreadable", "non_finite_loss", "eval_error", "write_error", "interrupt",
-         "locked", "time_limit", "signal", "crash", "eval_py", "predict_py"]
-TORCHRUN = ["torchrun_data_value", "torchrun_non_finite_loss",
-            "torchrun_eval_error", "torchrun_write_error", "torchrun_interrupt", "torchrun_locked",
-            "torchrun_time_limit", "torchrun_eval_py"]
-
-
-@pytest.mark.parametrize("name", NAMES + TORCHRUN)
+@pytest.mark.parametrize("name", PROCESSES + TORCHRUN)
 def test_a_failing_run_ends_with_its_status_and_leaves_no_process(outcomes, name):
     case, _, out = outcomes[name]
     assert not out.hung, f"{name} still ran after {HANG_S} s: {out.log[-3000:]}"
@@ -280,8 +266,63 @@ def test_a_failing_run_ends_with_its_status_and_leaves_no_process(outcomes, name
         assert "Traceback" not in out.log, out.log[-3000:]
 
 
-def test_a_stopped_run_checkpointed_before_its_workers_went(outcomes):
-    for name in ("signal", "time_limit", "torchrun_time_limit"):
+def inject_on_the_third_step(monkeypatch, what):
+    """The trainer's third step raises ``what`` ('crash': a RuntimeError, 'interrupt': KeyboardInterrupt, as
+    Ctrl-C), or sends this process SIGTERM ('signal') and goes on."""
+    from allspark.engine.trainer import Trainer
+
+    real, calls = Trainer.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            if what == "crash":
+                raise RuntimeError("injected crash in the training step")
+            if what == "interrupt":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step", step)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_in_one_process_every_failure_stops_its_loader_workers(failures, name, monkeypatch):
+    """The entry point run in this process (as its command runs it, but for the interpreter's exit): its status
+    and error line, and no loader worker left alive once it has returned, which a process would wait for at
+    exit (they ignore the SIGTERM Python's exit handler sends them)."""
+    import multiprocessing
+
+    case, _ = failures[name]
+    argv = case.argv
+    if name in ("crash", "interrupt", "signal"):
+        inject_on_the_third_step(monkeypatch, name)
+    holder = None
+    if case.holder:
+        case.holder.mkdir(parents=True, exist_ok=True)
+        holder = RunLock(case.holder).acquire()
+    try:
+        if name == "crash":
+            with pytest.raises(RuntimeError, match="injected crash"):
+                call(Path(argv[0]).stem, argv[1:])
+            out = None
+        else:
+            out = call(Path(argv[0]).stem, argv[1:])
+    finally:
+        if holder:
+            holder.release()
+    alive = [p for p in multiprocessing.active_children() if p.daemon]
+    assert alive == [], f"{name}: loader workers outlived the run: {alive}"
+    if out is not None:
+        assert out.status == case.status, f"{name}: status {out.status}, expected {case.status}: {out.log[-3000:]}"
+        assert case.expect in out.log and "Traceback" not in out.log, out.log[-3000:]
+    if name in ("signal", "time_limit"):  # the checkpoint came before the workers went
+        ckpt = torch.load(Path(failures[name][1]) / "latest.pth", weights_only=True)
+        assert ckpt["interrupted"]["epoch"] == 0 and ckpt["interrupted"]["iteration"] >= 1, name
+
+
+def test_a_stopped_process_checkpointed_before_its_workers_went(outcomes):
+    for name in ("signal", "torchrun_time_limit"):
         _, save, _ = outcomes[name]
         ckpt = torch.load(Path(save) / "latest.pth", weights_only=True)
         assert ckpt["interrupted"]["epoch"] == 0 and ckpt["interrupted"]["iteration"] >= 1, name

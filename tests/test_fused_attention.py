@@ -5,8 +5,8 @@ import torch
 
 from allspark.models import attention as A
 from allspark.models import build_model
-from allspark.models.allspark import _attention_weights
-from conftest import tiny_model_cfg, zero_dropout
+from allspark.models.allspark import attention_weights
+from helpers import tiny_model_cfg, zero_dropout
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_equal_to_instance_norm_softmax_in_float64(small_chunks, shared):
     q = (torch.randn(2, 2, 6, 9, dtype=torch.float64) + 3).requires_grad_()  # a large mean: no cancellation
     k = (torch.randn(9, 11, **t) if shared else (torch.randn(2, 2, 9, 7, dtype=torch.float64) + 2).requires_grad_())
     v = torch.randn(11, 9, **t) if shared else torch.randn(2, 2, 7, 9, **t)
-    exact = _attention_weights(q, k) @ v
+    exact = attention_weights(q, k) @ v
     fused = A.fused_attention(q, k, v)
     assert (exact - fused).abs().max() < 1e-13
     for a, b in zip(grads(exact, (q, k, v)), grads(fused, (q, k, v))):
@@ -93,7 +93,7 @@ def test_fused_under_bf16_autocast_runs_in_fp32():
     q, k, v = torch.randn(1, 2, 8, 5), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 8, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = A.fused_attention(q, k, v)
-    assert out.dtype == torch.float32 and (out - _attention_weights(q, k) @ v).abs().max() < 1e-5
+    assert out.dtype == torch.float32 and (out - attention_weights(q, k) @ v).abs().max() < 1e-5
 
 
 def test_unknown_attention_path_is_refused():

@@ -4,17 +4,15 @@ them). Tolerances are those the release itself meets against the file with 2 thr
 `python -m pytest tests/test_golden_unimatch_v2.py -rP` prints every measured error."""
 import pytest
 import torch
-import torch.nn as nn
 
-from allspark.config import check_config
+from allspark.config import make_training_config
 from allspark.engine.evaluate import evaluate
-from allspark.engine.speed import grad_scaler
-from allspark.engine.trainer import poly_lr, set_lr, train_step
+from allspark.engine.trainer import Trainer
 from allspark.methods import UniMatchV2
-from allspark.methods.unimatch_v2 import cutmix, ema_ratio
+from allspark.methods.weak_to_strong import cutmix, ema_ratio
 from allspark.models import build_model
 
-from conftest import golden_file
+from helpers import config_dict, golden_file, training_config
 
 LOGITS_ATOL = 1e-4
 FEAT_ATOL = 1e-5
@@ -70,28 +68,38 @@ def test_parameter_names_and_order(golden):
     assert [n for n, _ in model.named_parameters()] == golden["param_names"]
 
 
-@pytest.mark.parametrize("tag, h, w", [("crop", 7, 7), ("rect", 9, 6)])
-def test_position_embedding(golden, tag, h, w):
+def grid(golden, tag):
+    """The token grid (h, w) of the case's ``crop`` (square) or ``rect`` (H, W) input."""
+    case = golden["case"]
+    size = (case["crop"], case["crop"]) if tag == "crop" else tuple(case["rect"])
+    return size[0] // case["patch_size"], size[1] // case["patch_size"]
+
+
+@pytest.mark.parametrize("tag", ["crop", "rect"])
+def test_position_embedding(golden, tag):
     model = golden_model(golden)
-    max_err(model.backbone.interpolate_pos_encoding(h, w).detach(), golden[f"pos_embed_{tag}"], f"pos_embed_{tag}",
-            POS_ATOL)
+    max_err(model.backbone.interpolate_pos_encoding(*grid(golden, tag)).detach(), golden[f"pos_embed_{tag}"],
+            f"pos_embed_{tag}", POS_ATOL)
 
 
 @pytest.mark.parametrize("tag", ["crop", "rect"])
 def test_features_head_maps_and_logits(golden, tag):
     model = golden_model(golden).eval()
     x = golden["inputs"]["x_l"] if tag == "crop" else golden["x_rect"]
-    h, w = x.shape[-2] // 14, x.shape[-1] // 14
+    h, w = grid(golden, tag)
+    assert (x.shape[-2] // golden["case"]["patch_size"], x.shape[-1] // golden["case"]["patch_size"]) == (h, w)
     maps = {}
     hooks = [getattr(model.head.scratch, f"refinenet{i}").register_forward_hook(
         lambda m, a, out, i=i: maps.__setitem__(f"path_{i}", out)) for i in (3, 4)]
+    hooks += [layer.register_forward_hook(lambda m, a, out, i=i: maps.__setitem__(f"layer_{i}", out))
+              for i, layer in enumerate(model.head.resize_layers, start=1)]  # the maps after projection and resizing
     with torch.no_grad():
         feats = model.backbone(x)
-        layers = model.head.layers(feats, h, w)
         head_out = model.head(feats, h, w)
         logits = model(x)
     for hook in hooks:
         hook.remove()
+    layers = [maps[f"layer_{i}"] for i in range(1, 5)]
     for i, (f, ref) in enumerate(zip(feats, golden[f"feats_{tag}"])):
         max_err(f, ref, f"feats_{tag}[{i}]", FEAT_ATOL)
     ref_head = golden[f"head_{tag}"]
@@ -106,22 +114,27 @@ def test_features_head_maps_and_logits(golden, tag):
 
 def test_518_input_uses_the_position_embedding_as_it_is(golden):
     model = golden_model(golden).eval()
-    x = golden["x_518_base"].repeat_interleave(14, 2).repeat_interleave(14, 3)
-    assert model.backbone.interpolate_pos_encoding(37, 37) is model.backbone.pos_embed
+    p = golden["case"]["patch_size"]
+    side = golden["case"]["img_size"] // p  # the grid the position embedding was made for
+    x = golden["x_518_base"].repeat_interleave(p, 2).repeat_interleave(p, 3)
+    assert x.shape[-1] == golden["case"]["img_size"]
+    assert model.backbone.interpolate_pos_encoding(side, side) is model.backbone.pos_embed
     with torch.no_grad():
         max_err(model.backbone(x)[0], golden["feats_518_first"], "feats_518_first", FEAT_ATOL)
 
 
 def test_inputs_not_multiple_of_14_are_refused(golden):
     model = golden_model(golden).eval()
-    with pytest.raises(ValueError, match=r"multiples of 14, got 100x75"):
-        model(torch.zeros(1, 3, 100, 75))
+    h, w = golden["case"]["odd"]
+    assert h % 14 or w % 14
+    with pytest.raises(ValueError, match=rf"multiples of 14, got {h}x{w}"):
+        model(torch.zeros(1, 3, h, w))
 
 
 def test_evaluate_resizes_to_a_multiple_of_14(golden):
     model = golden_model(golden)
     ref = golden["evaluate_odd"]
-    cfg = {"eval_mode": "original", "nclass": golden["case"]["nclass"], "crop_size": 98}
+    cfg = {"eval_mode": "original", "nclass": golden["case"]["nclass"], "crop_size": golden["case"]["crop"]}
     seen = {}
     hook = model.register_forward_hook(lambda m, a, out: seen.update(x=a[0], logits=out))
     loader = [(golden["eval_img_odd"], golden["eval_mask_odd"], ["odd"])]
@@ -154,36 +167,41 @@ def test_complementary_dropout_mask_as_the_release_draws_it(golden):
 
 def batch_of_step(golden, s):
     i = golden["inputs"]
-    unlabeled = (i["u_w"].clone(), i["u_s1"].clone(), i["u_s2"].clone(), i["ignore_mask"].clone(),
-                 golden["cutmix_box1"][s].float(), golden["cutmix_box2"][s].float())
+    unlabeled = {"img_w": i["u_w"].clone(), "img_s1": i["u_s1"].clone(), "img_s2": i["u_s2"].clone(),
+                 "padded": i["ignore_mask"] == 255, "box1": golden["cutmix_box1"][s].float(),
+                 "box2": golden["cutmix_box2"][s].float()}
     return (i["x_l"].clone(), i["y_l"].clone()), unlabeled
 
 
-def run_release_steps(golden, tag):
-    """Three steps of our UniMatch V2 method through the trainer's train_step, with the release's
-    recorded complementary-dropout masks; returns what the checks need."""
+def golden_trainer(golden, tag):
+    """The trainer of the release's recipe on the golden model: its lr, lr_multi and conf_thresh, one epoch of
+    ``iters_per_epoch`` steps (the loaders: the recorded batches, as many as the epoch has)."""
     case, ref = golden["case"], golden[tag]
-    model = golden_model(golden)
-    method = UniMatchV2(nn.CrossEntropyLoss(ignore_index=255), conf_thresh=ref["conf_thresh"])
-    method.setup(model)
-    optimizer = method.build_optimizer(model, case["lr"], case["lr_multi"])
-    scaler = grad_scaler(torch.device("cpu"), "none")
-    out = {"values": [], "pred_u_w": [], "grads0": None, "lr": [], "ema_ratio": [], "model": model, "method": method,
-           "optimizer": optimizer}
+    assert case["total_iters"] % case["iters_per_epoch"] == 0
+    cfg = training_config(method="unimatch_v2", model=model_cfg(case), nclass=case["nclass"], crop_size=case["crop"],
+                          lr=case["lr"], lr_multi=case["lr_multi"], conf_thresh=ref["conf_thresh"],
+                          epochs=case["total_iters"] // case["iters_per_epoch"])
+    steps = [batch_of_step(golden, s % case["steps"]) for s in range(case["iters_per_epoch"])]
+    return Trainer(cfg, model=golden_model(golden), loaders={"l": steps, "u": steps, "val": []})
+
+
+def run_release_steps(golden, tag):
+    """The recorded steps of the release through the trainer's own step (:meth:`Trainer.step`: the
+    UniMatch V2 method's losses, backward, AdamW, the poly lr, the EMA update), with the release's recorded
+    complementary-dropout masks; returns what the checks need."""
+    case, ref = golden["case"], golden[tag]
+    trainer = golden_trainer(golden, tag)
+    method = trainer.method
+    out = {"values": [], "pred_u_w": [], "grads0": None, "lr": [], "ema_ratio": [], "model": trainer.model,
+           "method": method, "optimizer": trainer.optimizer}
     for s in range(case["steps"]):
-        iters = s  # epoch 0
         with torch.no_grad():
-            out["pred_u_w"].append(method.ema(golden["inputs"]["u_w"]))
-        values = train_step(method, model, batch_of_step(golden, s), optimizer, scaler, epoch=0,
-                            device=torch.device("cpu"), comp_drop_mask=ref["comp_drop_mask"][s])
-        out["values"].append(values)
+            out["pred_u_w"].append(method.teacher(golden["inputs"]["u_w"]))
+        out["values"].append(trainer.step(batch_of_step(golden, s), 0, s, comp_drop_mask=ref["comp_drop_mask"][s]))
         if s == 0:
-            out["grads0"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        lr = poly_lr(case["lr"], iters, case["total_iters"])
-        set_lr(optimizer, lr, case["lr_multi"])
-        out["lr"].append([g["lr"] for g in optimizer.param_groups])
-        out["ema_ratio"].append(ema_ratio(iters))
-        method.after_step(model, iters)
+            out["grads0"] = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        out["lr"].append([g["lr"] for g in trainer.optimizer.param_groups])
+        out["ema_ratio"].append(ema_ratio(s))  # epoch 0: iteration s
     return out
 
 
@@ -245,7 +263,7 @@ def test_parameters_ema_and_fingerprints(release_run, golden):
     ref, case = golden[tag], golden["case"]
     key_bias_tol = case["steps"] * case["lr"]
     for which, module, final in (("param", out["model"], ref.get("params_final")),
-                                 ("ema", out["method"].ema, ref.get("ema_final"))):
+                                 ("ema", out["method"].teacher.module, ref.get("ema_final"))):
         params = dict(module.named_parameters())
         last = torch.stack([_fingerprint(name, p) for name, p in params.items()])  # (P, 3)
         scale = ref[f"{which}_fp"][-1][:, 1].clamp_min(1e-30)
@@ -303,10 +321,6 @@ def test_adamw_state_lr_and_ema_ratio(release_run, golden):
 
 def test_release_values_through_the_config_schema():
     """The method's own key and its default are the release's."""
-    cfg = check_config({"method": "unimatch_v2", "dataset": "pascal", "data_root": ".", "val_id_path": "v",
-                        "nclass": 5, "crop_size": 98, "epochs": 1, "batch_size": 2, "lr": 5e-6, "lr_multi": 40.0,
-                        "criterion": {"name": "CELoss", "kwargs": {"ignore_index": 255}}, "model": model_cfg(
-                            {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3], "mlp_ratio": 4,
-                             "nclass": 5, "features": 16, "out_channels": [8, 16, 32, 32]})},
-                       extra=UniMatchV2.config_keys)
-    assert cfg["conf_thresh"] == 0.95
+    raw = config_dict(method="unimatch_v2")
+    del raw["conf_thresh"]
+    assert make_training_config(raw)["conf_thresh"] == 0.95 == UniMatchV2.config_keys["conf_thresh"].default

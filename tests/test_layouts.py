@@ -4,20 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.benchmark import count_host_syncs
 from allspark.models import build_model
 from allspark.models.resize import resize_bilinear
+from allspark.tools.benchmark import count_host_syncs
 
-from conftest import tiny_model_cfg
+from helpers import tiny_dinov2_allspark_cfg, tiny_dpt_cfg, tiny_model_cfg
 
-_DINOV2 = {"type": "dinov2", "kwargs": {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3]}}
-_DPT = {"num_class": 5, "features": 16, "out_channels": [8, 16, 32, 32]}
 MODELS = {  # name: (model section, training crop)
     "allspark": (tiny_model_cfg(), 65),
     "segformer": (tiny_model_cfg(decoder="segformer"), 65),
-    "unimatch_v2": ({"backbone": _DINOV2, "decoder": {"type": "dpt", "kwargs": _DPT}}, 70),
-    "allspark_dinov2_dpt": ({"backbone": _DINOV2, "decoder": {"type": "allspark", "kwargs": {
-        **_DPT, "in_planes": [48] * 4, "image_size": 70, "warmup_epoch": 1, "head": "dpt"}}}, 70),
+    "unimatch_v2": (tiny_dpt_cfg(), 70),
+    "allspark_dinov2_dpt": (tiny_dinov2_allspark_cfg("dpt"), 70),
 }
 
 
@@ -62,7 +59,7 @@ def test_resize_bilinear_equals_interpolate_of_a_channels_last_view(batch, align
     assert ours.is_contiguous() == (batch == 1)  # a batch of one goes the contiguous way
 
 
-def test_host_reads_are_counted_and_torch_restored():
+def test_host_reads_are_counted_for_the_step_only():
     item = torch.Tensor.item
 
     def step():
@@ -73,5 +70,5 @@ def test_host_reads_are_counted_and_torch_restored():
             pass
 
     assert count_host_syncs(step, torch.device("cpu")) == 3
-    assert torch.Tensor.item is item
+    assert torch.Tensor.item is item, "torch's classes are not patched"
     assert count_host_syncs(lambda: torch.randn(3) * 2, torch.device("cpu")) == 0

@@ -139,14 +139,14 @@ def test_channel_semantic_grouping_under_autocast_on_the_golden_case(monkeypatch
     """The golden model's training forward in fp32: the inputs Channel Semantic Grouping gets, grouped
     again under bf16 autocast, give the same class for every channel."""
     from allspark.models import allspark as allspark_module
-    from conftest import golden_file
-    from test_golden import golden_model
-    golden = {**torch.load(golden_file("allspark_ref_small.pt"), weights_only=False), "attention": "fused"}
+
+    from helpers import golden_allspark_model, golden_file
+    golden = torch.load(golden_file("allspark_ref_small.pt"), weights_only=False)
     seen = []
     real = allspark_module.channel_semantic_grouping
     monkeypatch.setattr(allspark_module, "channel_semantic_grouping",
                         lambda *args: seen.append(args) or real(*args))
-    model = golden_model(golden).train()
+    model = golden_allspark_model(golden).train()
     model(torch.cat([golden["x_l"], golden["x_u"]]), pseudo_logits=golden["smem_pseudo_logits"], use_memory=True)
     (args,) = seen
     fp32 = real(*args)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from allspark.data import DataError
 from allspark.data.classes import palette_of
-from allspark.engine.predict import _batches, collect_inputs, write_prediction
+from allspark.engine.predict import batches_of_equal_size, collect_inputs, write_prediction
 
 
 def test_inputs_from_folders_lists_and_files(tmp_path):
@@ -27,10 +27,10 @@ def test_inputs_from_folders_lists_and_files(tmp_path):
     with pytest.raises(DataError, match=r"1 listed image\(s\) not found"):
         collect_inputs([tmp_path / "bad.txt"], root=tmp_path)
     # only images of one size share a batch, at most batch_size of them
-    batches = list(_batches(collect_inputs([tmp_path / "a/1.jpg", tmp_path / "a/b/2.png", tmp_path / "a/3.jpg",
+    batches = list(batches_of_equal_size(collect_inputs([tmp_path / "a/1.jpg", tmp_path / "a/b/2.png", tmp_path / "a/3.jpg",
                                             tmp_path / "a/1.jpg"]), 4))
     assert [[name for _, name in b] for b in batches] == [["1", "2"], ["3"], ["1"]]
-    assert [len(b) for b in _batches(collect_inputs([tmp_path / "a/1.jpg"] * 5), 2)] == [2, 2, 1]
+    assert [len(b) for b in batches_of_equal_size(collect_inputs([tmp_path / "a/1.jpg"] * 5), 2)] == [2, 2, 1]
 
 
 def test_written_files(tmp_path):

@@ -9,21 +9,17 @@ import pytest
 from PIL import Image
 
 from allspark.data import read_list
-from allspark.data.check import main as check_main
 from allspark.data.classes import palette_of
 from allspark.engine.predict import main as predict_main
 from allspark.engine.score import main as eval_main
 from allspark.engine.trainer import main as train_main
-from conftest import ROOT, tiny_model_cfg
+from allspark.tools.check_data import main as check_main
+from allspark.tools.splits import main as splits_main
+from helpers import ROOT, tiny_dpt_cfg, tiny_model_cfg
 
 train_py = importlib.import_module("train")
 eval_py = importlib.import_module("eval")
 predict_py = importlib.import_module("predict")
-
-TINY_DINOV2 = {"backbone": {"type": "dinov2", "kwargs": {"embed_dim": 32, "depth": 4, "num_heads": 2,
-                                                           "layers": [0, 1, 2, 3]}},
-               "decoder": {"type": "dpt", "kwargs": {"num_class": 81, "features": 16,
-                                                     "out_channels": [8, 16, 16, 16], "use_bn": False}}}
 
 
 def image(path, w, h, seed):
@@ -146,7 +142,6 @@ def test_cityscapes_layout(tmp_path):
         mask(root / s.mask, 2048, 1024, 19, k, border=True)
     config = ROOT / "configs/cityscapes_baseline_semi.yaml"
     model = tiny_model_cfg(num_class=19, decoder="segformer")
-    model["decoder"]["kwargs"] = {"num_class": 19, "in_planes": [16, 32, 40, 64], "embedding_dim": 32}
     options = opts(root, tmp_path / "val.txt", model, 65, **{"criterion.kwargs.min_kept": 1000})
     train(config, tmp_path / "labeled.txt", tmp_path / "unlabeled.txt", tmp_path / "run", options)
     for mode, crop in (("original", 65), ("sliding_window", 801)):  # the release's 801 windows on 2048 x 1024
@@ -157,7 +152,6 @@ def test_cityscapes_layout(tmp_path):
 def test_coco_layout_with_unlabeled_list_from_train2017(tmp_path):
     """train2017/*.jpg, val2017/*.jpg, a flat masks/ folder of 81-class PNGs; the unlabeled list made by the
     split tool from train2017 (as the README says); UniMatch V2 with a tiny DINOv2, scored with its EMA."""
-    from allspark.data.splits import main as splits_main
 
     root = tmp_path / "data/coco"
     labeled = sublist("splits/coco/1_512/labeled.txt", tmp_path / "labeled.txt", 1)
@@ -172,9 +166,9 @@ def test_coco_layout_with_unlabeled_list_from_train2017(tmp_path):
                         "train2017", "--mask-dir", "masks", "--out", str(tmp_path / "unlabeled.txt")]) == 0
     assert len(read_list(tmp_path / "unlabeled.txt")) == 2
     config = ROOT / "configs/coco_unimatch_v2.yaml"
-    options = opts(root, tmp_path / "val.txt", TINY_DINOV2, 70)
+    options = opts(root, tmp_path / "val.txt", tiny_dpt_cfg(num_class=81), 70)
     train(config, tmp_path / "labeled.txt", tmp_path / "unlabeled.txt", tmp_path / "run", options)
-    for extra in ((), ("--ema",), ("--mode", "multiscale")):
+    for extra in ((), ("--ema",)):  # (multiscale on patch-14 models: test_unimatch_v2_parts)
         miou, ious = evaluate(config, tmp_path / "run/latest.pth", options, *extra)
         assert len(ious) == 81
     written = predict_main(predict_py.parse_args(["--config", str(config), "--checkpoint", str(tmp_path / "run/latest.pth"),

@@ -4,7 +4,7 @@ import torch
 
 from allspark.models import MIT_PRESETS, build_model
 
-from conftest import tiny_model_cfg, zero_dropout
+from helpers import tiny_model_cfg, zero_dropout
 
 
 def preset_cfg(preset, decoder="allspark", num_class=4, image_size=65):

@@ -5,7 +5,7 @@ import torch
 
 from allspark.engine.evaluate import sliding_window, window_grid
 from allspark.models import build_model
-from conftest import tiny_model_cfg
+from helpers import tiny_model_cfg
 
 
 def release_grid(h, w, window):

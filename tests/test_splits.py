@@ -3,9 +3,10 @@ and the split tools."""
 import pytest
 
 from allspark.data import DataError, read_list
-from allspark.data.splits import complete_split, main, make_split, scan_root
+from allspark.data.splits import complete_split, make_split, scan_root
+from allspark.tools.splits import main
 
-from conftest import ROOT
+from helpers import ROOT
 
 SHARED = ROOT.parent / "shared" / "splits"
 SHIPPED = ROOT / "splits"

@@ -9,7 +9,7 @@ from PIL import Image
 from allspark.data import CLASSES, SemiDataset, read_list
 from allspark.data.toy import DEFAULTS, make_toy_dataset
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def tree_bytes(root):
@@ -30,7 +30,7 @@ def test_toy_is_deterministic_and_seed_dependent(tmp_path):
 @pytest.fixture(scope="module")
 def default_toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, "-m", "allspark.data.toy", "--root", str(root)], check=True, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "allspark.tools.toy", "--root", str(root)], check=True, cwd=ROOT,
                    capture_output=True)
     return root
 

@@ -8,25 +8,24 @@ import pytest
 import torch
 import torch.nn as nn
 
-from allspark.config import ConfigError
+from allspark.config import PROJECT_ROOT, ConfigError, load_training_config
 from allspark.data import SemiDataset
 from allspark.data.transforms import MEAN, STD, cutmix_box
-from allspark.engine.evaluate import logits_at_any_size, sliding_window
-from allspark.methods import UniMatchV2, load_training_config
-from allspark.methods.unimatch_v2 import cutmix, ema_ratio
+from allspark.engine.evaluate import logits_at_any_size, multiscale, sliding_window
+from allspark.methods import UniMatchV2
+from allspark.methods.weak_to_strong import cutmix, ema_ratio
 from allspark.models import WeightsError, build_model
 from allspark.models.dinov2 import DINOV2_PRESETS, dinov2_giant
 
-from test_dataset import make_tree
-
-TINY = {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3]}
+from helpers import TINY_DINOV2, make_tree, tiny_dpt_cfg
 
 
 def dpt_cfg(backbone=None, pretrained=False, backbone_type="dinov2", num_class=5):
-    kwargs = dict(TINY if backbone is None else backbone, pretrained=pretrained)
-    return {"backbone": {"type": backbone_type, "kwargs": kwargs},
-            "decoder": {"type": "dpt", "kwargs": {"num_class": num_class, "features": 16,
-                                                  "out_channels": [8, 16, 32, 32]}}}
+    """The tiny DPT model; ``backbone`` (keywords) and ``backbone_type`` replace the tiny DINOv2."""
+    cfg = tiny_dpt_cfg(num_class)
+    kwargs = dict(TINY_DINOV2["kwargs"] if backbone is None else backbone, pretrained=pretrained)
+    cfg["backbone"] = {"type": backbone_type, "kwargs": kwargs}
+    return cfg
 
 
 def test_presets_are_the_releases():
@@ -135,13 +134,13 @@ def test_strong_views_share_the_weak_views_geometry(tmp_path):
     pad = (-torch.tensor(MEAN) / torch.tensor(STD))[:, None, None]
     differs = 0
     for seed in range(6):
-        w, s1, s2, ignore, box1, box2 = _seeded("train_u_strong", root, lst, seed, size=80)
+        u = _seeded("train_u_strong", root, lst, seed, size=80)
+        w, s1, s2, box1, box2 = u["img_w"], u["img_s1"], u["img_s2"], u["box1"], u["box2"]
         assert w.shape == s1.shape == s2.shape == (3, 80, 80)
-        assert ignore.dtype == torch.int64 and set(ignore.unique().tolist()) == {0, 255}
-        assert torch.equal(ignore == 255, torch.isclose(w, pad, atol=1e-5).all(dim=0)), "255 where padded"
+        assert u["padded"].any() and torch.equal(u["padded"], torch.isclose(w, pad, atol=1e-5).all(dim=0))
         assert box1.shape == box2.shape == (80, 80) and box1.dtype == torch.float32
         differs += int(not torch.allclose(w, s1)) + int(not torch.allclose(s1, s2))
-        img_u, _ = _seeded("train_u", root, lst, seed, size=80)
+        img_u = _seeded("train_u", root, lst, seed, size=80)["img_w"]
         assert torch.equal(w, img_u), "the weak view is train_u's crop"
         img_l, _ = _seeded("train_l_weak", root, lst, seed, size=80)
         assert torch.equal(img_l, img_u), "UniMatch V2's labeled view: geometry only"
@@ -177,6 +176,13 @@ def test_logits_at_any_size_resizes_for_patch_models_only():
     assert plain.sizes == [(100, 75)]
 
 
+def test_multiscale_gives_a_patch_model_multiples_of_its_patch():
+    model = Recorder(14)
+    scores = multiscale(model, torch.zeros(1, 3, 100, 75), [0.75, 1.0, 1.5], flip=True)
+    assert scores.shape == (1, 3, 100, 75) and torch.allclose(scores.sum(1), torch.full((1, 100, 75), 6.0))
+    assert len(model.sizes) == 6 and all(h % 14 == 0 and w % 14 == 0 for h, w in model.sizes)
+
+
 @pytest.mark.parametrize("h, w, window, expected", [
     (10, 10, 6, [(6, 6)] * 4),  # starts 0 and 4: the last window ends at the border
     (1024, 2048, 798, [(798, 798)] * 8),  # Cityscapes at 798: rows 0, 226; columns 0, 532, 1064, 1250
@@ -205,7 +211,8 @@ def test_ema_ratio_and_update():
     assert [ema_ratio(i) for i in (0, 1, 2, 10 ** 6)] == [0.0, 0.5, 1 - 1 / 3, 0.996]
     model = nn.Linear(2, 2)
     method = UniMatchV2(nn.CrossEntropyLoss(), 0.95)
-    ema = method.setup(model)
+    assert method.setup(model) is method
+    ema = method.teacher.module
     assert not any(p.requires_grad for p in ema.parameters()) and not ema.training
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -230,8 +237,6 @@ def write(tmp_path, text):
 
 
 def test_method_keys_and_decoders_are_checked(tmp_path):
-    from allspark.config import PROJECT_ROOT
-
     text = (PROJECT_ROOT / "configs" / "toy_unimatch_v2.yaml").read_text()
     cfg = load_training_config(write(tmp_path, text))
     assert (cfg["conf_thresh"], cfg["lock_backbone"], cfg["sliding_window_edges"]) == (0.95, False, "cut")
@@ -256,8 +261,6 @@ def test_method_keys_and_decoders_are_checked(tmp_path):
 @pytest.mark.parametrize("dataset", ["pascal", "cityscapes", "coco"])
 def test_shipped_configs_build_the_releases_model(dataset):
     """configs/<dataset>_unimatch_v2.yaml builds DINOv2-S + the small DPT head with the official file's keys."""
-    from allspark.config import PROJECT_ROOT
-
     cfg = load_training_config(PROJECT_ROOT / "configs" / f"{dataset}_unimatch_v2.yaml")
     cfg["model"]["backbone"]["kwargs"]["pretrained"] = False
     model = build_model(cfg["model"])

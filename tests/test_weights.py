@@ -7,7 +7,7 @@ import torch
 from allspark.models import WeightsError, build_model, load_checkpoint
 from allspark.models.mit import mit_b0
 
-from conftest import golden_file, tiny_model_cfg
+from helpers import golden_file, tiny_model_cfg
 
 
 def b0_cfg(pretrained):

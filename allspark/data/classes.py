@@ -1,4 +1,6 @@
 """Class names and colour palettes of the supported datasets."""
+from ..config import IGNORE_INDEX
+
 __all__ = ["CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "voc_palette", "num_classes", "class_names", "palette_of"]
 
 # Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
@@ -95,7 +97,7 @@ def palette_of(name, n=None, colours=None):
     dataset's colours (or VOC's for an unknown name with ``n`` classes), white for 255."""
     colours = [tuple(c) for c in colours] if colours else PALETTES.get(name) or voc_palette(n or 256)
     flat = [0] * (256 * 3)
-    for i, rgb in enumerate(colours[:255]):
+    for i, rgb in enumerate(colours[:IGNORE_INDEX]):
         flat[3 * i:3 * i + 3] = rgb
-    flat[255 * 3:] = IGNORE_COLOUR
+    flat[IGNORE_INDEX * 3:IGNORE_INDEX * 3 + 3] = IGNORE_COLOUR
     return flat

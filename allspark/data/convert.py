@@ -1,31 +1,30 @@
-"""Turn the official downloads into the mask layouts the split lists expect (see the README's Data section).
+"""Turning the official downloads into the mask layouts the split lists expect (see the README's Data section);
+the command is ``python -m allspark.tools.convert``.
 
     # Pascal: SBD's class masks (benchmark_RELEASE/dataset/cls/*.mat) as PNGs beside VOC's own masks
-    python -m allspark.data.convert sbd --sbd-root benchmark_RELEASE/dataset --out data/pascal/SegmentationClass
+    python -m allspark.tools.convert sbd --sbd-root benchmark_RELEASE/dataset --out data/pascal/SegmentationClass
     # Cityscapes: *_gtFine_labelTrainIds.png (19 train ids, 255 ignore) from *_gtFine_labelIds.png
-    python -m allspark.data.convert cityscapes --root data/cityscapes
+    python -m allspark.tools.convert cityscapes --root data/cityscapes
     # COCO: masks/<image id>.png with 0 background and 1..80 from the instance annotations
-    python -m allspark.data.convert coco --annotations data/coco/annotations/instances_train2017.json \
+    python -m allspark.tools.convert coco --annotations data/coco/annotations/instances_train2017.json \
         --out data/coco/masks
 
 ``sbd`` needs scipy (to read MATLAB files); ``coco`` reads polygons and uncompressed RLE itself and uses
 pycocotools, when installed, for compressed RLE. Neither is an install-time dependency.
 Every file is written through a temporary file and a rename.
 """
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..config import IGNORE_INDEX
-from ..files import WriteError, atomic_path
+from ..files import atomic_path
 from .classes import palette_of
 from .lists import DataError
 
-__all__ = ["CITYSCAPES_TRAIN_IDS", "label_ids_to_train_ids", "sbd_mask", "coco_mask", "save_png", "main"]
+__all__ = ["CITYSCAPES_TRAIN_IDS", "label_ids_to_train_ids", "sbd_mask", "coco_mask", "save_png", "convert_sbd", "convert_cityscapes", "convert_coco"]
 
 # Cityscapes' labelIds -> trainIds (the 19 evaluated classes; every other id is ignored), as
 # cityscapesscripts' labels table defines them.
@@ -162,35 +161,3 @@ def convert_coco(annotations_path, out, overwrite=False):
         save_png(coco_mask(per_image.get(info["id"], []), info["height"], info["width"], class_of), target)
         written += 1
     return written, len(images)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Make the masks the split lists expect from the official downloads.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sbd = sub.add_parser("sbd", help="SBD's cls/*.mat -> palette PNGs (VOC's own masks are kept)")
-    sbd.add_argument("--sbd-root", required=True, help="benchmark_RELEASE/dataset (holds cls/)")
-    sbd.add_argument("--out", required=True, help="e.g. data/pascal/SegmentationClass")
-    city = sub.add_parser("cityscapes", help="*_gtFine_labelTrainIds.png from *_gtFine_labelIds.png")
-    city.add_argument("--root", required=True, help="the Cityscapes root (holds gtFine/)")
-    coco = sub.add_parser("coco", help="81-class masks from instances_<split>.json")
-    coco.add_argument("--annotations", required=True, help="e.g. data/coco/annotations/instances_train2017.json")
-    coco.add_argument("--out", required=True, help="e.g. data/coco/masks")
-    for p in (sbd, city, coco):
-        p.add_argument("--overwrite", action="store_true", help="replace masks that are already there")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "sbd":
-            written, total = convert_sbd(args.sbd_root, args.out, args.overwrite)
-        elif args.command == "cityscapes":
-            written, total = convert_cityscapes(args.root, args.overwrite)
-        else:
-            written, total = convert_coco(args.annotations, args.out, args.overwrite)
-    except (DataError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.command}: wrote {written} mask(s), {total - written} already there (of {total})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

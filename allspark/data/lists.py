@@ -2,13 +2,15 @@
 ``JPEGImages/2007_000733.jpg SegmentationClass/2007_000733.png``; an unlabeled list may name the image
 alone (``<image>``).
 
-Kept free of torch so that the list tools (``allspark.data.splits``, ``allspark.data.toy``) start fast.
+Kept free of torch so that the list tools (``allspark.tools.splits``, ``allspark.tools.toy``) start fast.
 """
 from pathlib import Path
 
 from ..files import atomic_path
 
-__all__ = ["DataError", "Sample", "read_list", "write_list"]
+__all__ = ["IMAGE_EXTS", "DataError", "Sample", "read_list", "write_list"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # the image files a folder scan finds (split tool, predict.py)
 
 
 class DataError(ValueError):

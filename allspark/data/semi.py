@@ -11,12 +11,13 @@ from torch.utils.data import Dataset
 from ..config import IGNORE_INDEX
 from .classes import CLASSES, REDUCE_ZERO_LABEL
 from .lists import DataError, read_list
-from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize, seed_all
+from ..rng import seed_all
+from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize
 
 __all__ = ["SemiDataset", "MODES", "PAD_UNLABELED", "decode_mask", "read_rgb"]
 
 MODES = ("train_l", "train_l_weak", "train_u", "train_u_strong", "val")
-PAD_UNLABELED = 254  # value of padded pixels in the unlabeled ignore mask
+PAD_UNLABELED = 254  # what unlabeled crops are padded with inside the dataset: no class index (8-bit masks, 255 ignore)
 
 
 # 16-bit grayscale images (medical, remote sensing): read as 8-bit by v / 257, rounded (65535 -> 255), since
@@ -64,17 +65,16 @@ class SemiDataset(Dataset):
       tiled and cut to that length (the trainer passes the unlabeled list's length); with
       ``cut_longer`` False (UniMatch V2) a list longer than ``nsample`` is kept whole.
     - ``train_l_weak``: as ``train_l`` without the photometric transforms (UniMatch V2's labeled view).
-    - ``train_u``: (image, ignore mask (size, size) int64: 254 where the crop was padded, else 0),
-      geometric transforms only; the unlabeled mask file is not read.
-    - ``train_u_strong`` (UniMatch V2): (weak view, strong view 1, strong view 2, ignore mask (255 where
-      the crop was padded, else 0), CutMix box 1, CutMix box 2 (size, size) float32); each strong view is
-      the weak view with its own photometric transforms (:func:`photometric`), then its own box
-      (:func:`cutmix_box`).
+    - ``train_u``: {``img_w``: the image (3, size, size) after the geometric transforms only, ``padded``:
+      (size, size) bool, where the crop was padded}; the unlabeled mask file is not read.
+    - ``train_u_strong`` (UniMatch V2): {``img_w``: the weak view, ``img_s1`` / ``img_s2``: two strong views,
+      ``padded``, ``box1`` / ``box2``: their CutMix boxes (size, size) float32}; each strong view is the weak
+      view with its own photometric transforms (:func:`photometric`), then its own box (:func:`cutmix_box`).
     - ``val``: (full image, full mask, image path as id), no augmentation.
 
     With ``unlabeled_labels`` and every mask of an unlabeled list present (``with_labels``), the unlabeled
-    modes also return the crop's true labels (255 where padded) as a last item, only to measure the
-    pseudo labels; they never enter a loss.
+    samples also hold ``truth``: the crop's true labels (255 where padded), only to measure the pseudo
+    labels; they never enter a loss.
 
     ``num_classes`` defaults to the class count of a known ``name`` (pascal, cityscapes, coco, ade20k, toy).
     Masks are read as stored, their ``ignore_index`` becoming 255; with ``reduce_zero_label`` (default:
@@ -161,19 +161,22 @@ class SemiDataset(Dataset):
         if not unlabeled:
             return normalize(img, mask)
         if self.mode == "train_u":
-            img, mask = normalize(img, mask)
-            padded = mask == PAD_UNLABELED
-            return (img, padded.long() * PAD_UNLABELED) + self._truth(mask, padded)
+            img_w, mask = normalize(img, mask)
+            return self._unlabeled(mask, img_w=img_w)
         # UniMatch V2: the weak view and two strong views, each strong view with its own colour draws and box
         img_s1 = photometric(img)
         box1 = cutmix_box(self.size)
         img_s2 = photometric(img)
         box2 = cutmix_box(self.size)
         img_w, mask = normalize(img, mask)
-        padded = mask == PAD_UNLABELED
-        views = (img_w, normalize(img_s1), normalize(img_s2), padded.long() * IGNORE_INDEX, box1, box2)
-        return views + self._truth(mask, padded)
+        return self._unlabeled(mask, img_w=img_w, img_s1=normalize(img_s1), img_s2=normalize(img_s2), box1=box1,
+                               box2=box2)
 
-    def _truth(self, mask, padded):
-        """(the crop's true labels with 255 where padded,) when the unlabeled masks are read, else ()."""
-        return (mask.masked_fill(padded, IGNORE_INDEX),) if self.with_labels else ()
+    def _unlabeled(self, mask, **views):
+        """An unlabeled sample: ``views`` with ``padded`` (where the crop was padded) and, when the unlabeled
+        masks are read, ``truth`` (the crop's true labels, 255 where padded)."""
+        padded = mask == PAD_UNLABELED
+        sample = {**views, "padded": padded}
+        if self.with_labels:
+            sample["truth"] = mask.masked_fill(padded, IGNORE_INDEX)
+        return sample

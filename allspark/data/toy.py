@@ -1,6 +1,6 @@
 """A small synthetic segmentation dataset in the Pascal VOC layout, made on the spot.
 
-    python -m allspark.data.toy --root data/toy
+    python -m allspark.tools.toy --root data/toy
 
 writes ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs of class indices) and the lists
 ``labeled.txt``, ``unlabeled.txt`` and ``val.txt`` under the root. Every object class is one shape
@@ -9,9 +9,6 @@ class, shape and texture settle it) over a greyish textured background;
 objects may occlude one another; a band of 255 (ignore) runs along every object border, as in VOC.
 The output depends only on the seed and the counts: creating it twice gives identical bytes.
 """
-import argparse
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -166,21 +163,3 @@ def make_toy_dataset(root, seed=0, num_train=300, num_val=100, num_labeled=37, m
     _write_list(lists["unlabeled"], unlabeled)
     _write_list(lists["val"], names["val"])
     return lists
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the toy segmentation dataset (Pascal VOC layout).")
-    parser.add_argument("--root", required=True, help="output folder, e.g. data/toy")
-    for key, value in DEFAULTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
-    args = parser.parse_args(argv)
-    start = time.time()
-    lists = make_toy_dataset(args.root, **{k: getattr(args, k) for k in DEFAULTS})
-    counts = {k: len(Path(p).read_text().splitlines()) for k, p in lists.items()}
-    print(f"toy dataset written to {args.root} in {time.time() - start:.1f} s: {counts['labeled']} labeled, "
-          f"{counts['unlabeled']} unlabeled, {counts['val']} val images")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """The release's augmentations (UniMatch's ``dataset/transform.py``), with the same distributions.
 
 All of them take PIL images and draw from Python's ``random`` (geometry, probabilities), NumPy's
-global generator (blur sigma) and torch's (ColorJitter), as the release does; the trainer seeds all three.
+global generator (blur sigma) and torch's (ColorJitter), as the release does; the trainer seeds all three
+(:func:`allspark.rng.seed_all`).
 """
 import random
 
@@ -10,17 +11,12 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-__all__ = ["resize", "crop", "hflip", "blur", "photometric", "cutmix_box", "normalize", "seed_all", "MEAN", "STD"]
+from ..config import IGNORE_INDEX
+
+__all__ = ["resize", "crop", "hflip", "blur", "photometric", "cutmix_box", "normalize", "MEAN", "STD"]
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet
 STD = (0.229, 0.224, 0.225)
-
-
-def seed_all(seed):
-    """Seed the three generators the augmentations draw from: Python's, NumPy's and torch's."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 def resize(img, mask, ratio_range=(0.5, 2.0)):
@@ -35,7 +31,7 @@ def resize(img, mask, ratio_range=(0.5, 2.0)):
     return img.resize((ow, oh), Image.BILINEAR), mask.resize((ow, oh), Image.NEAREST)
 
 
-def crop(img, mask, size, ignore_value=255):
+def crop(img, mask, size, ignore_value=IGNORE_INDEX):
     """Pad right / bottom up to ``size`` (image with 0, mask with ``ignore_value``), then take a
     random ``size`` x ``size`` crop of both."""
     w, h = img.size

@@ -1,12 +1,19 @@
-"""Checkpoints in the release's format, written atomically."""
+"""Checkpoints in the release's format: written atomically, resumed, checked for non-finite values, and
+read back as a trained model with what it was trained with."""
+import copy
+import logging
 from pathlib import Path
+from typing import Tuple
 
 import torch
 
 from ..files import atomic_path
-from ..models import load_checkpoint
+from ..models import build_model, load_checkpoint, read_checkpoint
 
-__all__ = ["save_checkpoint", "release_state_dict", "resume", "first_non_finite", "checkpoint_tensors"]
+__all__ = ["save_checkpoint", "release_state_dict", "resume", "first_non_finite", "checkpoint_tensors",
+           "load_trained_model", "model_differences", "report_provenance"]
+
+logger = logging.getLogger("allspark")
 
 
 def release_state_dict(model):
@@ -63,3 +70,48 @@ def first_non_finite(named):
         flags = torch.stack([torch.isfinite(items[i][1]).all() for i in indices]).tolist()
         bad += [i for i, ok in zip(indices, flags) if not ok]
     return items[min(bad)][0] if bad else None
+
+
+def load_trained_model(cfg: dict, checkpoint, device: torch.device, entry: str = "model",
+                       config_path: str = "the config") -> Tuple[torch.nn.Module, dict]:
+    """The config's model on ``device`` with the checkpoint's ``entry`` loaded (no pretrained encoder
+    weights are read: the checkpoint holds every weight); returns (model, the checkpoint dict). What the
+    checkpoint says it was trained with is logged first, with a warning where ``cfg`` changes the model."""
+    ckpt = read_checkpoint(checkpoint)
+    report_provenance(ckpt, cfg, config_path)
+    model_cfg = copy.deepcopy(cfg["model"])
+    model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False
+    model = build_model(model_cfg).to(device)
+    return model, load_checkpoint(model, checkpoint, entry=entry, ckpt=ckpt)
+
+
+def _leaves(value, prefix):
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _leaves(sub, f"{prefix}.{key}")
+    else:
+        yield prefix, value
+
+
+def model_differences(trained, now):
+    """["key: now here, then in the checkpoint's config"] for the keys that change the model (``nclass`` and
+    the ``model`` section, its ``pretrained`` flags aside: the checkpoint holds every weight)."""
+    old = dict(_leaves({"nclass": trained.get("nclass"), "model": trained.get("model") or {}}, ""))
+    new = dict(_leaves({"nclass": now.get("nclass"), "model": now.get("model") or {}}, ""))
+    keys = sorted(k for k in set(old) | set(new) if not k.endswith(".pretrained") and old.get(k) != new.get(k))
+    return [f"{k[1:]}: {new.get(k)} here, {old.get(k)} in the checkpoint's config" for k in keys]
+
+
+def report_provenance(ckpt, cfg, config_path):
+    """Log what the checkpoint says it was trained with; warn where ``cfg`` changes the model."""
+    prov = ckpt.get("provenance") if isinstance(ckpt, dict) else None
+    if not prov:
+        logger.info("trained with: unknown (a checkpoint without provenance, e.g. the release's)")
+        return
+    logger.info(f"trained with: commit {prov.get('git_commit')}{' (uncommitted changes)' if prov.get('git_dirty') else ''}, "
+                f"torch {prov.get('torch')}, CUDA {prov.get('cuda')}, world size {prov.get('world_size')}, "
+                f"{prov.get('time')} on {prov.get('host')}; command: {prov.get('command')}")
+    diffs = model_differences(prov.get("config") or {}, cfg)
+    if diffs:
+        logger.warning(f"{config_path} differs from the config it was trained with in keys that change the model: "
+                       + "; ".join(diffs))

@@ -102,11 +102,19 @@ class StopRequest:
         self.time_limit = time_limit
         self.min_margin = min_margin
         self.longest = 0.0
+        self._previous = {}
 
     def install(self):
+        """Handle the stop signals from now on (the handlers they had are kept for :meth:`uninstall`)."""
         for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def uninstall(self):
+        """Give the stop signals back the handlers they had before :meth:`install`."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name

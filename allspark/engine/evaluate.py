@@ -1,18 +1,19 @@
 """Evaluation shared by train.py and eval.py: whole-image, center-crop, sliding-window and
 multi-scale + flip inference, with intersection / union counted on the device and summed over ranks."""
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import EVAL_MODES, IGNORE_INDEX
 from ..models.resize import resize_bilinear
 from .dist import all_reduce_sum
 from .metrics import intersection_and_union, mean_iou
 
 __all__ = ["class_scores", "predict", "sliding_window", "window_grid", "center_crop", "multiscale", "evaluate", "logits_at_any_size", "EVAL_MODES"]
 
-EVAL_MODES = ("original", "center_crop", "sliding_window", "multiscale")
-
-
-def logits_at_any_size(model, img):
+def logits_at_any_size(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
     """``model(img)`` for an image of any size. A model that takes only multiples of
     ``model.input_multiple`` (patch-14 encoders) gets the image resized bilinearly (align_corners True)
     to the nearest multiples (int(H / m + 0.5) * m) and its logits resized back the same way, as UniMatch
@@ -53,7 +54,8 @@ def window_grid(h, w, window, aligned=False, min_size=1):
             for c in _window_starts(w, window, stride, aligned, min_size)]
 
 
-def sliding_window(model, img, window, num_classes, aligned=False):
+def sliding_window(model: nn.Module, img: torch.Tensor, window: int, num_classes: int,
+                   aligned: bool = False) -> torch.Tensor:
     """Sliding-window inference: windows of ``window`` px, stride int(2/3 window), softmax probabilities
     summed. Edge windows are cut at the image border (the AllSpark release) or, with ``aligned``, shifted
     back inside it (the UniMatch V2 release); a cut edge window narrower than the model's
@@ -74,7 +76,7 @@ def center_crop(img, mask, size):
     return img[..., top:top + size, left:left + size], mask[..., top:top + size, left:left + size]
 
 
-def multiscale(model, img, scales, flip):
+def multiscale(model: nn.Module, img: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
     """Softmax probabilities averaged over rescaled (and horizontally flipped) copies, at the input size."""
     h, w = img.shape[-2:]
     total = 0
@@ -89,7 +91,7 @@ def multiscale(model, img, scales, flip):
     return total
 
 
-def class_scores(model, img, cfg, mode=None):
+def class_scores(model: nn.Module, img: torch.Tensor, cfg: dict, mode: Optional[str] = None) -> torch.Tensor:
     """Per-class scores (B, K, H', W') of one batch under ``mode`` (default cfg['eval_mode']): logits for
     ``original`` and ``center_crop`` (H', W' the crop's), summed softmax probabilities for
     ``sliding_window`` and ``multiscale``. Their argmax is the prediction."""
@@ -103,7 +105,7 @@ def class_scores(model, img, cfg, mode=None):
     return logits_at_any_size(model, img)
 
 
-def predict(model, img, mask, cfg):
+def predict(model: nn.Module, img: torch.Tensor, mask: torch.Tensor, cfg: dict) -> Tuple[torch.Tensor, torch.Tensor]:
     """Class map (B, H', W') and the matching mask for one validation batch under cfg['eval_mode']."""
     if cfg["eval_mode"] == "center_crop":
         _, mask = center_crop(img, mask, cfg["crop_size"])
@@ -111,7 +113,8 @@ def predict(model, img, mask, cfg):
 
 
 @torch.no_grad()
-def evaluate(model, loader, cfg, device, on_prediction=None):
+def evaluate(model: nn.Module, loader: Iterable, cfg: dict, device: torch.device,
+             on_prediction: Optional[Callable] = None) -> Tuple[float, List[float]]:
     """Score ``model`` (a plain module, not DDP: shards may differ in length) on ``loader``'s shard and
     sum the counts over all processes. ``on_prediction(img, mask, pred, ids)`` is called per batch
     (visualisation). Returns (mIoU, [IoU per class]) in percent."""
@@ -122,7 +125,7 @@ def evaluate(model, loader, cfg, device, on_prediction=None):
     for img, mask, ids in loader:
         img, mask = img.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         pred, mask = predict(model, img, mask, cfg)
-        i, u, _ = intersection_and_union(pred, mask, cfg["nclass"], 255)
+        i, u, _ = intersection_and_union(pred, mask, cfg["nclass"], IGNORE_INDEX)
         inter += i
         union += u
         if on_prediction is not None:

@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..config import resolve_path
 from ..data import SemiDataset
-from ..data.transforms import seed_all
 
 __all__ = ["mask_encoding", "StoppableLoader", "shutdown_loaders", "ShardSampler", "SeededSampler", "build_loaders",
-           "build_val_loader", "seed_all", "epoch_seed"]
+           "build_val_loader", "epoch_seed"]
 
 
 class ShardSampler(Sampler):

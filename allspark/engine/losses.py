@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..config import IGNORE_INDEX, ConfigError
 
 __all__ = ["OhemCrossEntropy", "build_criterion"]
 
@@ -20,7 +20,7 @@ class OhemCrossEntropy(nn.Module):
 
     forward(pred (B, K, H, W) logits, target (B, H, W) int64) -> scalar mean over the kept pixels."""
 
-    def __init__(self, ignore_index=255, thresh=0.7, min_kept=100000):
+    def __init__(self, ignore_index=IGNORE_INDEX, thresh=0.7, min_kept=100000):
         super().__init__()
         self.ignore_index = ignore_index
         self.thresh = float(thresh)

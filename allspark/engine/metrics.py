@@ -1,10 +1,12 @@
 """Segmentation metrics, counted on the device."""
 import torch
 
+from ..config import IGNORE_INDEX
+
 __all__ = ["intersection_and_union", "mean_iou"]
 
 
-def intersection_and_union(pred, target, num_classes, ignore_index=255):
+def intersection_and_union(pred, target, num_classes, ignore_index=IGNORE_INDEX):
     """Per-class pixel counts of one prediction, as the release's ``intersectionAndUnion``:
     pred, target: integer tensors of the same shape; pixels where target == ignore_index do not count, and
     a target value outside [0, num_classes) counts its pixel's prediction only (as the release's histograms).

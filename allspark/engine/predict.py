@@ -2,27 +2,26 @@
 or some image files, written as palette PNGs of class indices, with optional overlays and raw scores."""
 import logging
 from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..config import resolve_path
-from ..data import DataError, palette_of, read_list, read_rgb
-from ..data.splits import IMAGE_EXTS
+from ..config import load_training_config, resolve_path
+from ..data import IMAGE_EXTS, DataError, palette_of, read_list, read_rgb
 from ..data.transforms import normalize
-from ..methods import load_training_config
+from .checkpoint import load_trained_model
 from .dist import cleanup, setup_distributed
 from .evaluate import class_scores
 from .logger import setup_logger
-from .score import load_trained_model
 
-__all__ = ["main", "collect_inputs", "write_prediction"]
+__all__ = ["main", "collect_inputs", "write_prediction", "batches_of_equal_size"]
 
 logger = logging.getLogger("allspark")
 
 
-def collect_inputs(inputs, root=None):
+def collect_inputs(inputs: Sequence, root=None) -> List[Tuple[Path, str]]:
     """[(image path, output name without extension)] from ``inputs``: folders (scanned recursively, the
     name is the path inside the folder), split lists (``.txt``: ``<image> [<mask>]`` per line, relative to
     ``root``; the name is the image's path in the list) and image files (the name is the file's stem)."""
@@ -48,7 +47,8 @@ def collect_inputs(inputs, root=None):
     return found
 
 
-def write_prediction(out_dir, name, pred, palette, image=None, scores=None):
+def write_prediction(out_dir, name: str, pred: np.ndarray, palette: list, image: Optional[Image.Image] = None,
+                     scores: Optional[np.ndarray] = None) -> None:
     """``out_dir/<name>.png``: the class map (H, W) as a palette PNG (pixel values are class indices);
     with ``image`` (a PIL RGB image) ``out_dir/overlay/<name>.jpg``, the colours over the image at half
     opacity; with ``scores`` (K, H, W) ``out_dir/logits/<name>.npy`` (float32)."""
@@ -68,7 +68,7 @@ def write_prediction(out_dir, name, pred, palette, image=None, scores=None):
         np.save(raw, scores.astype(np.float32))
 
 
-def _batches(items, batch_size):
+def batches_of_equal_size(items, batch_size):
     """Consecutive items in batches of up to ``batch_size`` images of one size."""
     batch, size = [], None
     for path, name in items:
@@ -124,7 +124,7 @@ def main(args):
                     f"-> {args.output}")
         written = 0
         progress = _Progress(len(shard), env.is_main)
-        for batch in _batches(shard, args.batch_size):  # images are read batch by batch
+        for batch in batches_of_equal_size(shard, args.batch_size):  # images are read batch by batch
             img = torch.stack([normalize(image) for image, _ in batch]).to(env.device)
             scores = class_scores(model, img, cfg, mode)
             preds = scores.argmax(dim=1).cpu().numpy()

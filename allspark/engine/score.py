@@ -1,6 +1,5 @@
 """Score a checkpoint on a config's validation list (what eval.py runs), optionally writing
 image | ground truth | prediction panels in the dataset's palette."""
-import copy
 import logging
 from pathlib import Path
 
@@ -8,18 +7,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..methods import load_training_config
-from ..config import resolve_path
+from ..config import load_training_config, resolve_path
 from ..data import class_names, palette_of
 from ..data.check import preflight
 from ..data.transforms import MEAN, STD
-from ..models import build_model, load_checkpoint, read_checkpoint
+from .checkpoint import load_trained_model
 from .dist import cleanup, setup_distributed
 from .evaluate import evaluate
 from .loaders import build_val_loader, shutdown_loaders
 from .logger import format_iou_table, setup_logger
 
-__all__ = ["main", "Visualiser", "load_trained_model"]
+__all__ = ["main", "Visualiser"]
 
 logger = logging.getLogger("allspark")
 
@@ -49,50 +47,6 @@ class Visualiser:
             for k, part in enumerate((rgb, self._colour(mask[b]), self._colour(pred[b]))):
                 panel.paste(part, (k * w, 0))
             panel.save(self.out_dir / (Path(sample_id).stem + ".png"))
-
-
-def load_trained_model(cfg, checkpoint, device, entry="model", config_path="the config"):
-    """The config's model on ``device`` with the checkpoint's ``entry`` loaded (no pretrained encoder
-    weights are read: the checkpoint holds every weight); returns (model, the checkpoint dict). What the
-    checkpoint says it was trained with is logged first, with a warning where ``cfg`` changes the model."""
-    ckpt = read_checkpoint(checkpoint)
-    report_provenance(ckpt, cfg, config_path)
-    model_cfg = copy.deepcopy(cfg["model"])
-    model_cfg["backbone"].setdefault("kwargs", {})["pretrained"] = False
-    model = build_model(model_cfg).to(device)
-    return model, load_checkpoint(model, checkpoint, entry=entry, ckpt=ckpt)
-
-
-def _leaves(value, prefix):
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            yield from _leaves(sub, f"{prefix}.{key}")
-    else:
-        yield prefix, value
-
-
-def model_differences(trained, now):
-    """["key: now here, then in the checkpoint's config"] for the keys that change the model (``nclass`` and
-    the ``model`` section, its ``pretrained`` flags aside: the checkpoint holds every weight)."""
-    old = dict(_leaves({"nclass": trained.get("nclass"), "model": trained.get("model") or {}}, ""))
-    new = dict(_leaves({"nclass": now.get("nclass"), "model": now.get("model") or {}}, ""))
-    keys = sorted(k for k in set(old) | set(new) if not k.endswith(".pretrained") and old.get(k) != new.get(k))
-    return [f"{k[1:]}: {new.get(k)} here, {old.get(k)} in the checkpoint's config" for k in keys]
-
-
-def report_provenance(ckpt, cfg, config_path):
-    """Log what the checkpoint says it was trained with; warn where ``cfg`` changes the model."""
-    prov = ckpt.get("provenance") if isinstance(ckpt, dict) else None
-    if not prov:
-        logger.info("trained with: unknown (a checkpoint without provenance, e.g. the release's)")
-        return
-    logger.info(f"trained with: commit {prov.get('git_commit')}{' (uncommitted changes)' if prov.get('git_dirty') else ''}, "
-                f"torch {prov.get('torch')}, CUDA {prov.get('cuda')}, world size {prov.get('world_size')}, "
-                f"{prov.get('time')} on {prov.get('host')}; command: {prov.get('command')}")
-    diffs = model_differences(prov.get("config") or {}, cfg)
-    if diffs:
-        logger.warning(f"{config_path} differs from the config it was trained with in keys that change the model: "
-                       + "; ".join(diffs))
 
 
 def main(args):

@@ -11,10 +11,12 @@ import contextlib
 import torch
 
 from ..compat import amp_grad_scaler, check_compile
+from ..config import AMP_MODES
 
 __all__ = ["AMP_DTYPES", "autocast", "grad_scaler", "compile_model", "configure_backends"]
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the dtype of each of AMP_MODES
+assert tuple(AMP_DTYPES) == AMP_MODES
 
 
 def autocast(device, amp):

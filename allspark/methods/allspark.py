@@ -2,11 +2,12 @@
 
 The pseudo-labelling loop of ``semi`` with the AllSpark decoder: the training forward gets the pseudo
 logits (Channel Semantic Grouping and the S-Mem update) and, from the decoder's ``warmup_epoch`` on,
-the labeled half attends over S-Mem instead of the batch's unlabeled channels. Options (config keys
-``teacher``, ``strong_aug``, ``conf_thresh``, ``optimizer``; defaults = the release) bring in UniMatch
-V2's EMA teacher, CutMixed strong views, confidence threshold and AdamW (see :class:`PseudoLabel`).
+the labeled half attends over S-Mem instead of the batch's unlabeled channels. The options of ``semi``
+(``teacher``, ``strong_aug``, ``conf_thresh``, ``optimizer``, ``ignore_unlabeled_padding``; defaults = the
+release) bring in UniMatch V2's EMA teacher, CutMixed strong views, confidence threshold and AdamW (see
+:class:`PseudoLabel`); ``memory_sync`` says how S-Mem is fed across processes.
 """
-from ..config import ConfigError
+from ..config import ConfigError, Key
 from ..models.allspark import ChannelAttention
 from .semi import PseudoLabel
 
@@ -18,12 +19,7 @@ class AllSparkMethod(PseudoLabel):
     decoders = ("allspark",)
     # broadcast (the release): DDP's buffer broadcast leaves every process rank 0's memory; gather: every
     # process enqueues the unlabeled channels of all processes, in rank order
-    config_keys = {**PseudoLabel.config_keys, "memory_sync": (False, str, "broadcast", ("broadcast", "gather")),
-                   # UniMatch V2's parts as options; the defaults are the release's (see PseudoLabel)
-                   "teacher": (False, str, "self", ("self", "ema")),
-                   "strong_aug": (False, bool, False, None),
-                   "conf_thresh": (False, (int, float), 0.0, None),
-                   "optimizer": (False, str, "sgd", ("sgd", "adamw"))}
+    config_keys = {**PseudoLabel.config_keys, "memory_sync": Key(default="broadcast", allowed=("broadcast", "gather"))}
 
     def __init__(self, criterion_l, warmup_epoch, ignore_unlabeled_padding=False, **options):
         super().__init__(criterion_l, ignore_unlabeled_padding, **options)
@@ -32,8 +28,6 @@ class AllSparkMethod(PseudoLabel):
     @classmethod
     def check_config(cls, cfg, source="config"):
         super().check_config(cfg, source)
-        if not 0 <= cfg["conf_thresh"] < 1:
-            raise ConfigError(f"{source}: conf_thresh must be in [0, 1) (0: every pixel counts), got {cfg['conf_thresh']}")
         image_size = (cfg["model"]["decoder"].get("kwargs") or {}).get("image_size")
         if image_size != cfg["crop_size"]:
             raise ConfigError(f"{source}: model.decoder.kwargs.image_size ({image_size}) must equal crop_size "
@@ -48,9 +42,7 @@ class AllSparkMethod(PseudoLabel):
 
     @classmethod
     def from_config(cls, cfg, model, criterion_l):
-        method = cls(criterion_l, model.decoder.warmup_epoch, cfg["ignore_unlabeled_padding"], teacher=cfg["teacher"],
-                     strong_aug=cfg["strong_aug"], conf_thresh=cfg["conf_thresh"], optimizer=cfg["optimizer"])
-        return method.setup(model)
+        return cls(criterion_l, model.decoder.warmup_epoch, **cls.options(cfg)).setup(model)
 
     def forward_kwargs(self, pseudo, epoch):
         return {"pseudo_logits": pseudo, "use_memory": epoch >= self.warmup_epoch}

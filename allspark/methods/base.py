@@ -4,15 +4,21 @@ A method is one small object that owns what differs between recipes: which datas
 yield, its optimizer, its per-step losses, extra state (an EMA teacher), extra checkpoint entries and
 which models are evaluated. The trainer (``allspark.engine.trainer``) runs the rest the same way for all.
 """
-import torch
+from typing import Dict, List, Tuple
 
-from ..config import ConfigError
+import torch
+import torch.nn as nn
+
+from ..config import IGNORE_INDEX, ConfigError
 from ..models.builder import ALIASES
 
-__all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "label_accuracy", "to_device"]
+__all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "label_accuracy", "to_device", "PSEUDO_ACCURACY"]
+
+# The log key of the pseudo labels' accuracy, logged when the unlabeled batches carry their true labels.
+PSEUDO_ACCURACY = {"pseudo_acc": "Pseudo acc"}
 
 
-def sgd_two_groups(model, lr, lr_multi):
+def sgd_two_groups(model: nn.Module, lr: float, lr_multi: float) -> torch.optim.SGD:
     """The AllSpark release's optimizer: SGD (momentum 0.9, weight decay 1e-4), the backbone's
     parameters at ``lr`` and every other parameter at ``lr x lr_multi``."""
     backbone = list(model.backbone.parameters())
@@ -22,7 +28,7 @@ def sgd_two_groups(model, lr, lr_multi):
                            lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
-def adamw_two_groups(model, lr, lr_multi):
+def adamw_two_groups(model: nn.Module, lr: float, lr_multi: float) -> torch.optim.AdamW:
     """UniMatch V2's optimizer: AdamW (betas 0.9 / 0.999, weight decay 0.01 on every parameter), the
     backbone's trainable parameters at ``lr`` (a locked backbone is left out) and every parameter whose
     name has no 'backbone' at ``lr x lr_multi``."""
@@ -32,14 +38,16 @@ def adamw_two_groups(model, lr, lr_multi):
                              lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
 
 
-def label_accuracy(labels, truth, ignore_index=255):
+def label_accuracy(labels: torch.Tensor, truth: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Share of the pixels with a known true label (``truth`` != ignore) whose ``labels`` are right."""
     known = truth != ignore_index
     return ((labels == truth) & known).sum() / known.sum().clamp_min(1)
 
 
-def to_device(batch, device):
-    """A loader batch (tensors in nested tuples / lists) on ``device``."""
+def to_device(batch, device: torch.device):
+    """A loader batch (tensors in nested tuples, lists and dicts) on ``device``."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(b, device) for b in batch)
     return batch.to(device, non_blocking=True)
@@ -54,8 +62,10 @@ class Method:
     - ``cut_labeled``: a labeled list longer than the unlabeled one is cut to its length (the AllSpark
       release) or kept whole (UniMatch V2's); a shorter one is tiled either way.
     - ``log_keys``: the values :meth:`losses` returns, in order, with their log labels; the first is
-      the loss that is minimised.
-    - ``config_keys``: the method's own config keys, in :data:`allspark.config.SCHEMA`'s format.
+      the loss that is minimised. When the unlabeled batches carry the crops' true labels (``truth``),
+      :meth:`losses` also returns their accuracy under :data:`PSEUDO_ACCURACY`'s key.
+    - ``config_keys``: the method's own config keys (:class:`allspark.config.Key`), registered with the
+      config layer.
     - ``best_if_equal``: whether an epoch that equals the best score becomes the best (UniMatch V2) or
       must beat it (AllSpark).
     - ``find_unused_parameters``: DistributedDataParallel's, also turned on by a model with parameters
@@ -73,7 +83,7 @@ class Method:
     find_unused_parameters = False
 
     @classmethod
-    def check_config(cls, cfg, source="config"):
+    def check_config(cls, cfg: dict, source: str = "config") -> None:
         """Raise ConfigError where the config cannot train this method (its decoder, its crop)."""
         decoder = cfg["model"].get("decoder") or {}
         dec_type = ALIASES.get(decoder.get("type"), decoder.get("type"))
@@ -83,43 +93,34 @@ class Method:
                               f"is {decoder.get('type')!r}")
 
     @classmethod
-    def configure_model(cls, cfg, model):
+    def configure_model(cls, cfg: dict, model: nn.Module) -> None:
         """Adjust the freshly built model to the config before it is moved and wrapped (a no-op here)."""
 
     @classmethod
-    def from_config(cls, cfg, model, criterion_l):
-        """The method for a checked config, its model (bare, on its device) and labeled loss."""
+    def from_config(cls, cfg: dict, model: nn.Module, criterion_l: nn.Module) -> "Method":
+        """The method for a checked config, set up for its model (bare, on its device) and labeled loss."""
         raise NotImplementedError
 
-    pseudo_accuracy = False  # the unlabeled batches end with their true labels (see track_pseudo_accuracy)
+    def setup(self, model: nn.Module) -> "Method":
+        """Prepare what depends on the model (an EMA teacher); returns the method."""
+        return self
 
-    def track_pseudo_accuracy(self):
-        """The unlabeled batches end with the crops' true labels (255 = unknown or padded): log the share of
-        pixels whose pseudo label is right (``pseudo_acc``). The trainer calls this when the unlabeled list
-        has masks."""
-        self.pseudo_accuracy = True
-        self.log_keys = {**self.log_keys, "pseudo_acc": "Pseudo acc"}
-
-    def split_truth(self, unlabeled):
-        """(the unlabeled batch without its true labels, the labels or None)."""
-        return (unlabeled[:-1], unlabeled[-1]) if self.pseudo_accuracy else (unlabeled, None)
-
-    def build_optimizer(self, model, lr, lr_multi):
+    def build_optimizer(self, model: nn.Module, lr: float, lr_multi: float) -> torch.optim.Optimizer:
         """The release's optimizer: SGD with two groups (see :func:`sgd_two_groups`)."""
         return sgd_two_groups(model, lr, lr_multi)
 
-    def losses(self, net, batch, epoch, **kwargs):
+    def losses(self, net: nn.Module, batch, epoch: int, **kwargs) -> Dict[str, torch.Tensor]:
         """The forward passes of one step on a batch already on the device -> {key: scalar tensor} in
         ``log_keys`` order. ``net`` is the training model (behind DDP / torch.compile)."""
         raise NotImplementedError
 
-    def after_step(self, model, iters):
+    def after_step(self, model: nn.Module, iters: int) -> None:
         """Called after every optimizer step with the bare model and the global iteration."""
 
-    def eval_models(self, model):
+    def eval_models(self, model: nn.Module) -> List[Tuple[str, nn.Module]]:
         """[(tag, module)] to evaluate each epoch; the tag '' is the model whose best is ``best.pth``."""
         return [("", model)]
 
-    def extra_modules(self):
+    def extra_modules(self) -> Dict[str, nn.Module]:
         """{checkpoint entry: module} saved beside ``model`` and restored on resume (e.g. ``model_ema``)."""
         return {}

@@ -4,8 +4,8 @@ Notation in the shapes below: B images per half (labeled / unlabeled), C channel
 map, N = h4 * w4 tokens, h attention heads, K classes, S key/value sources (B unlabeled images,
 or K memory classes).
 
-Numerics follow the official release step by step (see ``../shared/golden/README.md``); the
-state-dict names are the release's (``map_in.0``, ``attn_norm``, ``attn.{q_u, k_u, v_u, q_l2u,
+Numerics follow the official release step by step (the golden tests compare them with its own tensors);
+the state-dict names are the release's (``map_in.0``, ``attn_norm``, ``attn.{q_u, k_u, v_u, q_l2u,
 k_l2u, v_l2u, out_u, out_l2u, kv_queue, queue_ptr}``, ``encoder_norm``, ``map_out.0``).
 """
 import torch
@@ -19,11 +19,12 @@ from .dpt import DPTHead
 from .segformer_head import SegFormerHead
 
 __all__ = ["SemanticMemory", "ChannelAttention", "AllSpark", "AllSparkDecoder", "channel_semantic_grouping", "fifo_writes",
+           "attention_weights",
            "fused_attention", "score_std", "ATTENTION_PATHS", "DEFAULT_ATTENTION",
            "memory_tokens"]
 
 
-def _attention_weights(q, k):
+def attention_weights(q, k):
     """softmax over keys of the instance-normalised scores q @ k (no affine, eps 1e-5, no sqrt(d)
     scale): q (B, M, Q, N), k (..., N, K) -> (B, M, Q, K).
 
@@ -33,7 +34,7 @@ def _attention_weights(q, k):
     """
     if autocast_enabled(q.device.type):
         with torch.autocast(q.device.type, enabled=False):
-            return _attention_weights(q.float(), k.float())
+            return attention_weights(q.float(), k.float())
     return F.instance_norm(q @ k, eps=1e-5).softmax(dim=-1)
 
 
@@ -175,7 +176,7 @@ class ChannelAttention(SemanticMemory):
         if self.attention == "fused":
             out = fused_attention(q, k, v, self._dropout_p())
         else:
-            attn = self.attn_dropout(_attention_weights(q, k))  # (B, h, C, C)
+            attn = self.attn_dropout(attention_weights(q, k))  # (B, h, C, C)
             out = attn @ v  # (B, h, C, N)
         # Channel-major flattening (feature index = c * h + head), as the release lays it out.
         out = out.permute(0, 3, 2, 1).reshape(B, N, C * h)
@@ -194,7 +195,7 @@ class ChannelAttention(SemanticMemory):
         if self.attention == "fused":
             out = fused_attention(q, k, v.T, self._dropout_p()).squeeze(1).transpose(-1, -2)
         else:
-            attn = self.attn_dropout(_attention_weights(q, k))  # (B, 1, h*C, S*h*C)
+            attn = self.attn_dropout(attention_weights(q, k))  # (B, 1, h*C, S*h*C)
             out = (attn @ v.T).squeeze(1).transpose(-1, -2)  # (B, N, h*C)
         return self.proj_dropout(self.out_l2u(out))
 
@@ -281,6 +282,7 @@ class AllSparkDecoder(nn.Module):
         if head == "dpt" and (patch_size is None or len(set(in_planes)) != 1):
             raise ValueError("AllSpark: head 'dpt' needs a patch encoder (dinov2*) whose four maps have one width")
         self.warmup_epoch = warmup_epoch
+        self.head_type = head
         self.allspark = AllSpark(in_planes[-1], num_heads, num_class, memory_tokens(image_size, patch_size),
                                  attention_dropout, attention)
         if head == "segformer":
@@ -291,4 +293,6 @@ class AllSparkDecoder(nn.Module):
     def forward(self, feats, pseudo_logits=None, use_memory=False):
         c1, c2, c3, c4 = feats
         maps = [c1, c2, c3, self.allspark(c4, pseudo_logits, use_memory)]
-        return self.decoder(maps) if hasattr(self, "decoder") else self.head.decode(maps)
+        if self.head_type == "segformer":
+            return self.decoder(maps)  # (the release's module name for the SegFormer head)
+        return self.head.decode(maps)

@@ -9,6 +9,7 @@ The release's dotted type names (``model.backbone.mit.mit_b5``, ``model.semseg.a
 ``model.semseg.semidec_base.SemiDecoder``) are accepted as aliases, so its config files build unchanged.
 """
 import inspect
+from typing import Union
 
 import torch.nn as nn
 
@@ -107,7 +108,7 @@ def _parse_section(model_cfg, part, registry, extra=()):
     return name, dict(kwargs)
 
 
-def build_model(model_cfg):
+def build_model(model_cfg: dict) -> Union["Segmentor", DPT]:
     """Build a :class:`Segmentor` from a config's ``model:`` section (a dict with ``backbone`` and
     ``decoder``, each ``{type, kwargs}``). Loads pretrained backbone weights when
     ``backbone.kwargs.pretrained`` is true (``pretrained_weights/<preset>.pth``) or a path.

@@ -9,9 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError
-
-__all__ = ["DPTHead", "DPT", "RELEASE_HEADS", "release_dpt_section", "complementary_dropout_mask", "tokens_to_maps", "ResidualConvUnit", "FeatureFusionBlock"]
+__all__ = ["DPTHead", "DPT", "complementary_dropout_mask", "tokens_to_maps", "ResidualConvUnit", "FeatureFusionBlock"]
 
 
 class ResidualConvUnit(nn.Module):
@@ -56,25 +54,6 @@ class FeatureFusionBlock(nn.Module):
         return self.out_conv(x)
 
 
-# UniMatch V2's head width per encoder: (features, out_channels), as its release builds them.
-RELEASE_HEADS = {
-    "dinov2_small": (64, [48, 96, 192, 384]),
-    "dinov2_base": (128, [96, 192, 384, 768]),
-    "dinov2_large": (256, [256, 512, 1024, 1024]),
-    "dinov2_giant": (384, [1536, 1536, 1536, 1536]),
-}
-
-
-def release_dpt_section(backbone, num_class, source="config"):
-    """The ``model:`` section equal to UniMatch V2's ``model: dpt`` + ``backbone: <name>`` (pretrained encoder)."""
-    if backbone not in RELEASE_HEADS:
-        raise ConfigError(f"{source}: backbone must be one of {list(RELEASE_HEADS)} with model: dpt, got {backbone!r}")
-    features, out_channels = RELEASE_HEADS[backbone]
-    return {"backbone": {"type": backbone, "kwargs": {"pretrained": True}},
-            "decoder": {"type": "dpt", "kwargs": {"num_class": num_class, "features": features,
-                                                  "out_channels": list(out_channels), "use_bn": False}}}
-
-
 class DPTHead(nn.Module):
     """Decoder type ``dpt``. ``forward(tokens, h, w)`` with four (B, h * w, in_channels) token maps
     returns logits (B, num_class, 8 h, 8 w): each map projected (1x1) to ``out_channels[i]`` and resized
@@ -104,12 +83,6 @@ class DPTHead(nn.Module):
         self.scratch.output_conv = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.ReLU(True),
                                                  nn.Conv2d(features, num_class, 1))
 
-    def layers(self, tokens, h, w):
-        """The four maps after projection and resizing (``layer_1`` .. ``layer_4`` of the release)."""
-        return self._resized(tokens_to_maps(tokens, h, w))
-
-    def _resized(self, maps):
-        return [resize(project(x)) for x, project, resize in zip(maps, self.projects, self.resize_layers)]
 
     def forward(self, tokens, h, w):
         return self.decode(tokens_to_maps(tokens, h, w))
@@ -117,7 +90,9 @@ class DPTHead(nn.Module):
     def decode(self, maps):
         """The head on four (B, in_channels, h, w) maps of the token grid -> (B, num_class, 8 h, 8 w)."""
         s = self.scratch
-        l1, l2, l3, l4 = [getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(self._resized(maps), start=1)]
+        # each map projected and resized to its stride (the release's layer_1 .. layer_4), then to `features`
+        resized = [resize(project(x)) for x, project, resize in zip(maps, self.projects, self.resize_layers)]
+        l1, l2, l3, l4 = [getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(resized, start=1)]
         path = s.refinenet4(l4, size=l3.shape[2:])
         path = s.refinenet3(path, l3, size=l2.shape[2:])
         path = s.refinenet2(path, l2, size=l1.shape[2:])

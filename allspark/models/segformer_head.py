@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .resize import resize_bilinear
 
-__all__ = ["ConvBNReLU", "MLP", "SegFormerHead", "SegFormerDecoder"]
+__all__ = ["ConvBNReLU", "MLP", "SegFormerHead", "SegFormerDecoder", "folded_segformer_head"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -37,12 +37,13 @@ class MLP(nn.Module):
 
 
 class SegFormerHead(nn.Module):
-    """All-MLP head. ``forward([c1, c2, c3, c4])`` with c_i (B, in_channels[i], H_i, W_i) returns
-    logits (B, num_class, H_1, W_1): every map projected to ``embedding_dim``, c2..c4 resized
-    bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused, dropout, 1x1 classifier (the
-    release's function; ``forward`` computes the projections and the fusion in a cheaper order)."""
+    """All-MLP head. ``forward([c1, c2, c3, c4])`` with c_i (B, in_channels[i], H_i, W_i) returns logits
+    (B, num_class, H_1, W_1): every map projected to ``embedding_dim`` (``linear_c*``), c2..c4 resized
+    bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused (``linear_fuse``: 1x1 conv, BN, ReLU),
+    dropout, 1x1 classifier (``linear_pred``). With ``folded`` (the default) the same function runs through
+    :func:`folded_segformer_head`, which needs a fraction of the memory and time."""
 
-    def __init__(self, in_channels, embedding_dim, num_class, dropout=0.1):
+    def __init__(self, in_channels, embedding_dim, num_class, dropout=0.1, folded=True):
         super().__init__()
         c1, c2, c3, c4 = in_channels
         self.linear_c4 = MLP(c4, embedding_dim)
@@ -52,38 +53,57 @@ class SegFormerHead(nn.Module):
         self.linear_fuse = ConvBNReLU(embedding_dim * 4, embedding_dim, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(embedding_dim, num_class, kernel_size=1)
+        self.folded = folded
 
     def forward(self, feats):
-        c1 = feats[0]
-        n, _, H, W = c1.shape
-        embed = self.linear_c1.proj.out_features
-        # The release projects every map (linear_c*), resizes to c1's size, concatenates [c4, c3, c2, c1]
-        # and applies linear_fuse's 1x1 conv. That conv is a sum of four blocks B_i over the
-        # concatenation, and bilinear resizing is linear per channel with weights summing to 1, so
-        # B_i (L_i x + b_i) is computed first, as one linear map (B_i L_i, B_i b_i), at the map's own
-        # size, and resized after. The same function, with sums re-associated in fp32; it saves the
-        # 4 x embedding_dim concatenation at stride 4 and three quarters of the fuse conv's work.
-        blocks = self.linear_fuse.conv.weight.flatten(1).split(embed, dim=1)
-        fused = None
-        for feat, mlp, block in zip(reversed(feats), (self.linear_c4, self.linear_c3, self.linear_c2, self.linear_c1),
-                                    blocks):
-            _, _, h, w = feat.shape
-            x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
-            # (n, embed, h, w), a channels-last view: bilinear resizing from two images on measured 2-3x faster
-            # so (forward + backward) than of contiguous maps on the CPU; a single image is made contiguous
-            x = x.transpose(1, 2).view(n, -1, h, w)
-            if (h, w) != (H, W):
-                x = resize_bilinear(x, (H, W))
-            fused = x if fused is None else fused + x
-        x = self.dropout(self.linear_fuse.activate(self.linear_fuse.bn(fused)))  # channels-last from 2 images on
-        # linear_pred (a 1x1 conv) as (K, embed) @ (n, embed, H W), which matmul folds into one product:
-        # contiguous logits, as the release's (the loss would copy channels-last ones), and the weight gradient
-        # in the parameter's layout. (A baddbmm of the expanded weight, forward + backward 2x slower on the CPU,
-        # also got wrong gradients from torch 2.2's compiler.)
-        pred = self.linear_pred
-        # the bias added in place: no second logits-sized tensor, and under autocast the logits stay 16-bit
-        logits = torch.matmul(pred.weight.flatten(1), x.flatten(2)).add_(pred.bias[:, None])
-        return logits.view(n, -1, H, W)
+        if self.folded:
+            return folded_segformer_head(self, feats)
+        c1, c2, c3, c4 = feats
+        n, _, h, w = c1.shape
+        projected = []
+        for feat, mlp in ((c4, self.linear_c4), (c3, self.linear_c3), (c2, self.linear_c2), (c1, self.linear_c1)):
+            x = mlp(feat).transpose(1, 2).reshape(n, -1, *feat.shape[-2:])
+            projected.append(resize_bilinear(x, (h, w)) if feat is not c1 else x)
+        x = self.linear_fuse(torch.cat(projected, dim=1))
+        return self.linear_pred(self.dropout(x))
+
+
+def folded_segformer_head(head: SegFormerHead, feats):
+    """:class:`SegFormerHead`'s function with the projections folded into the fuse convolution.
+
+    The 1x1 fuse conv over the concatenation [c4, c3, c2, c1] is a sum of four blocks B_i, and bilinear
+    resizing is linear per channel with weights summing to 1, so B_i (L_i x + b_i) is computed first, as one
+    linear map (B_i L_i, B_i b_i), at the map's own size, and resized after; BatchNorm, ReLU and dropout then
+    act on the sum as they act on the conv's output. The same function with sums re-associated in fp32: it
+    saves the 4 x embedding_dim concatenation at stride 4 and three quarters of the fuse conv's work. The
+    classifier is one matrix product. It assumes what the head is built with: a bias-free 1x1 fuse conv
+    followed by BatchNorm and ReLU, and a 1x1 classifier."""
+    fuse, pred = head.linear_fuse.conv, head.linear_pred
+    assert fuse.kernel_size == (1, 1) and fuse.bias is None and fuse.groups == 1 and fuse.stride == (1, 1), fuse
+    assert pred.kernel_size == (1, 1) and pred.groups == 1, pred
+    c1 = feats[0]
+    n, _, H, W = c1.shape
+    embed = head.linear_c1.proj.out_features
+    blocks = fuse.weight.flatten(1).split(embed, dim=1)
+    fused = None
+    for feat, mlp, block in zip(reversed(feats), (head.linear_c4, head.linear_c3, head.linear_c2, head.linear_c1),
+                                blocks):
+        _, _, h, w = feat.shape
+        x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
+        # (n, embed, h, w), a channels-last view: bilinear resizing from two images on measured 2-3x faster
+        # so (forward + backward) than of contiguous maps on the CPU; a single image is made contiguous
+        x = x.transpose(1, 2).view(n, -1, h, w)
+        if (h, w) != (H, W):
+            x = resize_bilinear(x, (H, W))
+        fused = x if fused is None else fused + x
+    x = head.dropout(head.linear_fuse.activate(head.linear_fuse.bn(fused)))  # channels-last from 2 images on
+    # the classifier as (K, embed) @ (n, embed, H W), which matmul folds into one product: contiguous logits, as
+    # the release's (the loss would copy channels-last ones), and the weight gradient in the parameter's layout.
+    # (A baddbmm of the expanded weight, forward + backward 2x slower on the CPU, also got wrong gradients from
+    # torch 2.2's compiler.) The bias is added in place: no second logits-sized tensor, and under autocast the
+    # logits stay 16-bit.
+    logits = torch.matmul(pred.weight.flatten(1), x.flatten(2)).add_(pred.bias[:, None])
+    return logits.view(n, -1, H, W)
 
 
 class SegFormerDecoder(nn.Module):

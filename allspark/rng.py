@@ -1,12 +1,19 @@
-"""Every random state of a process (Python, NumPy, torch on the CPU and on CUDA), in a form that
-``torch.load(..., weights_only=True)`` reads back: a run stopped mid-epoch continues with the states
-it stopped with."""
+"""The random generators of a process (Python's, NumPy's, torch's on the CPU and on CUDA): seeding them
+all, and their states in a form that ``torch.load(..., weights_only=True)`` reads back, so that a run
+stopped mid-epoch continues with the states it stopped with."""
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state"]
+__all__ = ["seed_all", "get_rng_state", "set_rng_state"]
+
+
+def seed_all(seed: int) -> None:
+    """Seed the generators the augmentations and the model draw from: Python's, NumPy's and torch's."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
 
 
 def get_rng_state():

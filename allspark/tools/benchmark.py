@@ -1,10 +1,10 @@
 """Time the training step and the eval forward of a config's model on synthetic tensors.
 
-    python -m allspark.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
+    python -m allspark.tools.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
         --batch-size 2 --steps 5 --warmup 2 --device cpu --out bench.json
 
-The training step is the trainer's own (``allspark.engine.trainer.train_step``) with the config's
-method: for AllSpark an eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss,
+The training step is the trainer's own (:meth:`allspark.engine.trainer.Trainer.step`, the trainer built
+with the config's model and synthetic batches) with the config's method: for AllSpark an eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss,
 backward and an SGD step; for UniMatch V2 the EMA teacher's pass on the weak view, the labeled forward,
 the forward of both CutMixed strong views with complementary dropout, backward, AdamW and the EMA
 update; the baselines' configs time their own steps. All under the config's ``amp`` and ``compile``
@@ -24,16 +24,18 @@ import warnings
 
 import torch
 
-from .engine.losses import build_criterion
-from .engine.speed import AMP_DTYPES, autocast, compile_model, configure_backends, grad_scaler
-from .engine.trainer import train_step
-from .methods import get_method, load_training_config
-from .models import MIT_PRESETS, build_model
-from .models.builder import ALIASES
-from .models.allspark import ATTENTION_PATHS, DEFAULT_ATTENTION
-from .models.dinov2 import DINOV2_PRESETS
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["run_benchmark", "main"]
+from ..config import AMP_MODES, load_training_config
+from ..engine.dist import DistEnv
+from ..engine.speed import autocast
+from ..engine.trainer import Trainer
+from ..models import MIT_PRESETS
+from ..models.allspark import ATTENTION_PATHS, DEFAULT_ATTENTION
+from ..models.builder import ALIASES
+from ..models.dinov2 import DINOV2_PRESETS
+
+__all__ = ["run_benchmark", "build_trainer", "count_host_syncs", "step_peak_memory_mb", "main"]
 
 
 def _is_allspark(decoder):
@@ -101,15 +103,29 @@ def step_peak_memory_mb(fn, device):
 
 
 # what makes the host wait for a tensor's value: reading it as a Python number, list or truth value
-_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the calls of :data:`HOST_READS` made while it is active (torch's function-mode API)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in HOST_READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def count_host_syncs(fn, device):
     """How often one call of ``fn`` makes the host wait for the device. On CUDA: the synchronising
     operations torch's sync-debug mode reports (it warns on each). Elsewhere: the reads of tensor values
     into Python (``.item()``, ``.tolist()``, truth values, ``int()``/``float()``, ``.numpy()``), each of
-    which would be a synchronisation on a GPU; operations whose output size depends on the data (boolean
-    indexing, ``nonzero``) also synchronise on a GPU but are not counted on the CPU."""
+    which would be a synchronisation on a GPU, counted for this call only by a ``TorchFunctionMode``;
+    operations whose output size depends on the data (boolean indexing, ``nonzero``) also synchronise on a
+    GPU but are not counted on the CPU."""
     if device.type == "cuda":
         _sync(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -120,24 +136,9 @@ def count_host_syncs(fn, device):
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchronizing" in str(w.message) for w in caught)
-    count = 0
-    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
-
-    def counting(original):
-        def read(*args, **kwargs):
-            nonlocal count
-            count += 1
-            return original(*args, **kwargs)
-        return read
-
-    try:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, counting(original))
+    with _HostReads() as reads:
         fn()
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-    return count
+    return reads.count
 
 
 def _timed(fn, steps, warmup, device):
@@ -167,47 +168,47 @@ def synthetic_batch(method, batch, crop, num_class, device):
     labeled = (images(), torch.randint(0, num_class, (batch, crop, crop), device=device))
     if method.unlabeled_mode is None:
         return labeled
-    ignore = torch.zeros(batch, crop, crop, dtype=torch.long, device=device)
+    padded = torch.zeros(batch, crop, crop, dtype=torch.bool, device=device)
     if method.unlabeled_mode == "train_u":
-        return labeled, (images(), ignore)
+        return labeled, {"img_w": images(), "padded": padded}
     box = torch.zeros(batch, crop, crop, device=device)
     box[:, crop // 4:crop // 2, crop // 4:3 * crop // 4] = 1  # 1/8 of the crop, as an average CutMix box
-    return labeled, (images(), images(), images(), ignore, box, box.clone())
+    return labeled, {"img_w": images(), "img_s1": images(), "img_s2": images(), "padded": padded, "box1": box,
+                     "box2": box.clone()}
 
 
-def run_benchmark(args):
-    """Build the model, time ``args.steps`` training steps and eval forwards; return the results dict."""
+def build_trainer(args, device):
+    """(the Trainer of ``args.config`` with the benchmark's overrides, stepping on one synthetic batch; that
+    batch; the epoch to step in: AllSpark reads S-Mem from its ``warmup_epoch`` on)."""
     cfg = load_training_config(args.config)
     args.amp = args.amp or cfg["amp"]
     args.compile = cfg["compile"] if args.compile is None else args.compile
-    cfg = {**cfg, "amp": args.amp}
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    args.crop = args.crop or cfg["crop_size"]
-    batch = args.batch_size or cfg["batch_size"]
-    model_cfg = _model_cfg(cfg, args)
-    num_class = model_cfg["decoder"]["kwargs"]["num_class"]
-    model = build_model(model_cfg).to(device)
     args.activation_checkpointing = (cfg["activation_checkpointing"] if args.activation_checkpointing is None
                                      else args.activation_checkpointing)
-    if args.activation_checkpointing:
-        model.backbone.set_grad_checkpointing(True)
-    configure_backends(device)
+    args.crop = args.crop or cfg["crop_size"]
+    model_cfg = _model_cfg(cfg, args)
+    warmup = model_cfg["decoder"]["kwargs"].get("warmup_epoch") if _is_allspark(model_cfg["decoder"]) else None
+    epoch = warmup if warmup is not None and args.memory == "on" else 0
+    cfg = {**cfg, "amp": args.amp, "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
+           "model": model_cfg, "batch_size": args.batch_size or cfg["batch_size"], "epochs": max(cfg["epochs"], epoch + 1)}
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, DistEnv(device=device), loaders={"l": [None], "u": [None], "val": []})
+    batch = synthetic_batch(trainer.method, cfg["batch_size"], args.crop, model_cfg["decoder"]["kwargs"]["num_class"],
+                            device)
+    return trainer, batch, epoch
+
+
+def run_benchmark(args):
+    """Build the trainer, time ``args.steps`` training steps and eval forwards; return the results dict."""
+    device = torch.device(args.device)
+    trainer, batch, epoch = build_trainer(args, device)
+    cfg, method, model, net = trainer.cfg, trainer.method, trainer.model, trainer.net
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    net = compile_model(model) if args.compile else model
-    method_cls = get_method(cfg["method"])
-    method = method_cls.from_config(cfg, model, build_criterion(cfg["criterion"]))
-    if hasattr(method, "warmup_epoch"):
-        method.warmup_epoch = 0 if args.memory == "on" else 1  # S-Mem is read from warmup_epoch on
-    optimizer = method.build_optimizer(model, cfg["lr"], cfg["lr_multi"])
-    scaler = grad_scaler(device, args.amp)
-    step_batch = synthetic_batch(method, batch, args.crop, num_class, device)
-    img_x = step_batch[0] if method.unlabeled_mode is None else step_batch[0][0]
+    img_x = batch[0] if method.unlabeled_mode is None else batch[0][0]
 
     def step():
-        train_step(method, net, step_batch, optimizer, scaler, epoch=0, device=device, amp=args.amp)
-        method.after_step(model, 1000)
+        trainer.step(batch, epoch, 0)
 
     @torch.no_grad()
     def eval_forward():
@@ -215,26 +216,28 @@ def run_benchmark(args):
         with autocast(device, args.amp):
             net(img_x)
 
-    images_per_step = batch * (1 if method.unlabeled_mode is None else 2)
+    images_per_step = cfg["batch_size"] * (1 if method.unlabeled_mode is None else 2)
     train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
     train_reserved = torch.cuda.max_memory_reserved(device) / 2 ** 20 if device.type == "cuda" else None
     step_peak = step_peak_memory_mb(step, device)
     host_syncs = count_host_syncs(step, device)
     eval_times = _timed(eval_forward, args.steps, args.warmup, device)
+    decoder = cfg["model"]["decoder"]
     return {
-        "config": args.config, "method": cfg["method"], "backbone": model_cfg["backbone"]["type"],
-        "num_class": num_class, "crop": args.crop, "batch_size": batch, "unlabeled": method.unlabeled_mode is not None,
-        "memory": args.memory if hasattr(method, "warmup_epoch") else None, "amp": args.amp,
+        "config": args.config, "method": cfg["method"], "backbone": cfg["model"]["backbone"]["type"],
+        "num_class": decoder["kwargs"]["num_class"], "crop": args.crop, "batch_size": cfg["batch_size"],
+        "unlabeled": method.unlabeled_mode is not None,
+        "memory": args.memory if _is_allspark(decoder) else None, "amp": args.amp,
         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "attention": model_cfg["decoder"]["kwargs"].get("attention", DEFAULT_ATTENTION)
-        if _is_allspark(model_cfg["decoder"]) else None,
+        "attention": decoder["kwargs"].get("attention", DEFAULT_ATTENTION) if _is_allspark(decoder) else None,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "train_step": _summary(train_times, images_per_step), "train_peak_memory_mb": train_peak,
         "train_step_allocated_mb": step_peak, "train_peak_reserved_mb": train_reserved,
         "train_step_host_syncs": host_syncs,
-        "eval_forward": _summary(eval_times, batch), "peak_memory_kind":
+        "eval_forward": _summary(eval_times, cfg["batch_size"]), "peak_memory_kind":
             "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
     }
 
@@ -245,7 +248,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--amp", default=None, choices=list(AMP_DTYPES), help="the config's amp by default")
+    parser.add_argument("--amp", default=None, choices=list(AMP_MODES), help="the config's amp by default")
     parser.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
                         help="torch.compile the model (the config's compile by default)")
     parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")

@@ -1,0 +1,6 @@
+"""Values the whole project agrees on, in one place."""
+__all__ = ["IGNORE_INDEX", "EVAL_MODES", "AMP_MODES"]
+
+IGNORE_INDEX = 255  # the ignore label inside the project: masks, losses and metrics
+EVAL_MODES = ("original", "center_crop", "sliding_window", "multiscale")  # how evaluation and predict.py infer
+AMP_MODES = ("none", "bf16", "fp16")  # the training step's autocast: none (fp32, the releases), bf16, fp16
