@@ -13,7 +13,7 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True, help="this project's or the release's checkpoint")
     parser.add_argument("--mode", choices=EVAL_MODES, default=None, help="overrides the config's eval_mode")
-    parser.add_argument("--ema", action="store_true", help="score the checkpoint's EMA teacher (model_ema, UniMatch V2)")
+    parser.add_argument("--ema", action="store_true", help="score the checkpoint's EMA teacher (model_ema: UniMatch V2, or teacher: ema)")
     parser.add_argument("--save-vis", default=None, help="write image | ground truth | prediction PNGs here")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, read as YAML and checked like the file: --opts lr=0.01 epochs=2 "

@@ -25,7 +25,7 @@ def parse_args(argv=None):
                              "a batch's images influence each other's predictions; only equal sizes are batched)")
     parser.add_argument("--overlay", action="store_true", help="also write the prediction over the image (JPEG)")
     parser.add_argument("--logits", action="store_true", help="also write the raw scores (K, H, W) as .npy")
-    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA teacher (UniMatch V2)")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA teacher (model_ema: UniMatch V2, or teacher: ema)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as train.py's")
     parser.add_argument("--port", type=int, default=None, help="rendezvous port under SLURM")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)

@@ -26,3 +26,5 @@ def test_benchmark_writes_its_report(tmp_path, config, crop, extra, header, caps
     assert res["train_step_allocated_mb"] > 0, "the step's own allocations, from the profiler's memory timeline"
     printed = capsys.readouterr().out
     assert "train step : median" in printed and header in printed
+    if config == "toy_baseline_sup":
+        assert res["train_step_host_syncs"] == 0, "the trainer's step reads nothing back (the loop reads its values)"

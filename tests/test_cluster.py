@@ -46,6 +46,24 @@ def test_lock_names_the_holder_and_a_dead_holder_does_not_block(tmp_path):
     RunLock(tmp_path).acquire().release()  # and does not block
 
 
+def test_the_trainer_releases_its_lock_however_it_ends(tmp_path, toy):
+    """close() releases the save path's lock, and so does a constructor that fails after taking it."""
+    from allspark.data import DataError
+    from allspark.engine.trainer import Trainer
+
+    from helpers import training_config
+
+    lists = dict(labeled_list=toy.labeled, unlabeled_list=toy.unlabeled)
+    trainer = Trainer(training_config(toy), save_path=tmp_path / "a", **lists)
+    with pytest.raises(RunLockedError):
+        RunLock(tmp_path / "a").acquire()
+    trainer.close()
+    RunLock(tmp_path / "a").acquire().release()
+    with pytest.raises(DataError, match="fewer than batch_size 64"):  # the loaders come after the lock
+        Trainer(training_config(toy, batch_size=64), save_path=tmp_path / "b", **lists)
+    RunLock(tmp_path / "b").acquire().release()
+
+
 def test_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch, caplog):
     import fcntl
     import logging

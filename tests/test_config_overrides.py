@@ -110,6 +110,20 @@ def test_dataset_description_errors(opts, pattern):
         load_training_config(TOY, overrides=opts)
 
 
+def test_ade20k_masks_store_classes_from_1_unless_told_otherwise():
+    ade = PROJECT_ROOT / "configs" / "ade20k_allspark.yaml"
+    assert load_training_config(ade, overrides=["ignore_index=0"])["ignore_index"] == 0  # "other": not a class
+    with pytest.raises(ConfigError, match=r"not a class \(1..150\), got 150"):
+        load_training_config(ade, overrides=["ignore_index=150"])
+    assert load_training_config(ade, overrides=["reduce_zero_label=false", "ignore_index=150"])["ignore_index"] == 150
+
+
+def test_list_defaults_are_each_configs_own():
+    a, b = load_training_config(TOY), load_training_config(TOY)
+    a["eval_scales"].append(3.0)
+    assert b["eval_scales"] == [0.75, 1.0, 1.25, 1.5]
+
+
 def test_ohem_warns_when_the_batch_is_smaller_than_min_kept(caplog):
     loss = OhemCrossEntropy(min_kept=1000)
     pred, target = torch.randn(2, 3, 10, 10), torch.randint(0, 3, (2, 10, 10))

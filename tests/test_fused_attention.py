@@ -48,7 +48,7 @@ def test_score_std_is_accurate_in_float32_when_the_mean_is_large():
 @pytest.mark.parametrize("store_masks", [True, False], ids=["masks kept", "masks drawn again"])
 def test_chunked_attention_with_dropout_has_exact_gradients(small_chunks, store_masks):
     q, k, v = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((4, 3), (10, 3), (10, 2)))
-    assert len(A._chunks(10, 4, q.device)) == 3
+    assert len(A.key_chunks(10, 4, q.device)) == 3
     assert torch.autograd.gradcheck(lambda a, b, c: A.ChunkedAttention.apply(a, b, c, 0.3, 123, store_masks), (q, k, v))
     kept = A.ChunkedAttention.apply(q, k, v, 0.5, 7, store_masks)
     assert torch.equal(kept, A.ChunkedAttention.apply(q, k, v, 0.5, 7, store_masks)), "the mask repeats from its seed"

@@ -245,6 +245,8 @@ def test_method_keys_and_decoders_are_checked(tmp_path):
         load_training_config(write(tmp_path, text.replace("type: dpt", "type: segformer")))
     with pytest.raises(ConfigError, match=r"conf_thresh must be int or float, got 'high'"):
         load_training_config(write(tmp_path, text.replace("conf_thresh: 0.95", "conf_thresh: high")))
+    with pytest.raises(ConfigError, match=r"conf_thresh must be in \[0, 1\], got 1.5"):
+        load_training_config(write(tmp_path, text.replace("conf_thresh: 0.95", "conf_thresh: 1.5")))
     sup = (PROJECT_ROOT / "configs" / "toy_baseline_sup.yaml").read_text()
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['conf_thresh', 'strong_aug'\]"):
         load_training_config(write(tmp_path, sup + "conf_thresh: 0.9\nstrong_aug: true\n"))

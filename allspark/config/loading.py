@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 
 import yaml
 
-from .methods import registered_method, registered_methods
+from .registry import registered_method, registered_methods
 from .releases import from_release_format
 from .schema import DATA_KEYS, SCHEMA, ConfigError, check_config, check_dataset_description, check_keys
 
@@ -105,11 +105,6 @@ def load_data_config(path: PathLike, overrides: Optional[Sequence[str]] = None) 
     """Only the dataset keys of a config (:data:`DATA_KEYS`), checked; for the data tools, which need
     no model or method."""
     raw = apply_overrides(load_yaml(path), overrides)
-    source = str(path)
-    cfg = check_keys(raw, {k: SCHEMA[k] for k in DATA_KEYS}, source)
-    if cfg["val_id_path"] is None:
-        cfg["val_id_path"] = f"splits/{cfg['dataset']}/val.txt"
-    if cfg["nclass"] < 1:
-        raise ConfigError(f"{source}: nclass must be positive, got {cfg['nclass']}")
-    check_dataset_description(cfg, source)
+    cfg = check_keys(raw, {k: SCHEMA[k] for k in DATA_KEYS}, str(path))
+    check_dataset_description(cfg, str(path))
     return cfg

@@ -1,7 +1,9 @@
 """The keys of a training config: their types, defaults and allowed values, and the checks on them."""
 from typing import Any, NamedTuple, Optional
 
-from .constants import AMP_MODES, EVAL_MODES, IGNORE_INDEX
+import copy
+
+from .constants import AMP_MODES, EVAL_MODES, IGNORE_INDEX, REDUCE_ZERO_LABEL
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "DATA_KEYS", "check_config", "check_keys", "check_dataset_description"]
 
@@ -20,7 +22,7 @@ class Key(NamedTuple):
 
 _NUMBER = (int, float)
 SCHEMA = {
-    "method": Key(),  # checked against the registered methods (allspark.config.methods)
+    "method": Key(),  # checked against the registered methods (allspark.config.registry)
     "dataset": Key(required=True),
     "data_root": Key(required=True),
     "val_id_path": Key(),  # default splits/<dataset>/val.txt, where the releases read it
@@ -69,7 +71,7 @@ def check_keys(cfg: dict, schema: dict, source: str) -> dict:
         if name not in cfg:
             if key.required:
                 raise ConfigError(f"{source}: missing key {name!r}")
-            out[name] = key.default
+            out[name] = copy.deepcopy(key.default)  # (a list default is the config's own)
             continue
         value = cfg[name]
         if isinstance(value, bool) and key.types is not bool or not isinstance(value, key.types):
@@ -90,11 +92,11 @@ def check_config(cfg: dict, source: str = "config", extra: Optional[dict] = None
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(schema)}")
     out = check_keys(cfg, schema, source)
-    for name in ("nclass", "crop_size", "epochs", "batch_size", "num_workers", "prefetch_factor"):
-        if out[name] < (0 if name == "num_workers" else 1):
+    for name in ("crop_size", "epochs", "batch_size", "prefetch_factor"):
+        if out[name] < 1:
             raise ConfigError(f"{source}: {name} must be positive, got {out[name]}")
-    if out["val_id_path"] is None:
-        out["val_id_path"] = f"splits/{out['dataset']}/val.txt"
+    if out["num_workers"] < 0:
+        raise ConfigError(f"{source}: num_workers must be 0 or more, got {out['num_workers']}")
     check_dataset_description(out, source)
     decoder = out["model"].get("decoder") or {}
     kwargs = decoder.get("kwargs") or {}
@@ -105,9 +107,14 @@ def check_config(cfg: dict, source: str = "config", extra: Optional[dict] = None
 
 
 def check_dataset_description(cfg: dict, source: str) -> None:
-    """The dataset keys agree: as many class names as classes, a colour per class, an ignore value that is
-    not a class value of the masks as stored."""
+    """The dataset keys agree: a positive class count, as many class names as classes, a colour per class, an
+    ignore value that is not a class value of the masks as stored. Fills the default ``val_id_path``
+    (splits/<dataset>/val.txt, where the releases read it) in place."""
     n = cfg["nclass"]
+    if n < 1:
+        raise ConfigError(f"{source}: nclass must be positive, got {n}")
+    if cfg["val_id_path"] is None:
+        cfg["val_id_path"] = f"splits/{cfg['dataset']}/val.txt"
     if cfg["classes"] is not None and (len(cfg["classes"]) != n or not all(isinstance(c, str) for c in cfg["classes"])):
         raise ConfigError(f"{source}: classes must be a list of {n} names (nclass), got {cfg['classes']!r}")
     palette = cfg["palette"]
@@ -117,7 +124,10 @@ def check_dataset_description(cfg: dict, source: str) -> None:
         if not ok or len(palette) < n:
             raise ConfigError(f"{source}: palette must be a list of at least {n} colours [r, g, b] (0..255), "
                               f"got {palette!r}")
-    first = 1 if cfg["reduce_zero_label"] else 0  # the class values of the masks as stored
+    reduce_zero = cfg["reduce_zero_label"]
+    if reduce_zero is None:
+        reduce_zero = cfg["dataset"] in REDUCE_ZERO_LABEL
+    first = 1 if reduce_zero else 0  # the class values of the masks as stored
     if not 0 <= cfg["ignore_index"] <= 65535 or first <= cfg["ignore_index"] < first + n:
         raise ConfigError(f"{source}: ignore_index must be a mask value that is not a class ({first}..{first + n - 1}), "
                           f"got {cfg['ignore_index']}")

@@ -1,11 +1,7 @@
 """Class names and colour palettes of the supported datasets."""
-from ..config import IGNORE_INDEX
+from ..config import IGNORE_INDEX, REDUCE_ZERO_LABEL
 
 __all__ = ["CLASSES", "PALETTES", "REDUCE_ZERO_LABEL", "voc_palette", "num_classes", "class_names", "palette_of"]
-
-# Datasets whose masks are read with reduce-zero-label (mmsegmentation's convention): 0 ("other") becomes
-# ignore and class k is k - 1. ADE20K's official annotations hold 0 = other and 1..150.
-REDUCE_ZERO_LABEL = ("ade20k",)
 
 CLASSES = {
     "pascal": [

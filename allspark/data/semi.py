@@ -9,9 +9,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import IGNORE_INDEX
+from ..rng import seed_all
 from .classes import CLASSES, REDUCE_ZERO_LABEL
 from .lists import DataError, read_list
-from ..rng import seed_all
 from .transforms import crop, cutmix_box, hflip, normalize, photometric, resize
 
 __all__ = ["SemiDataset", "MODES", "PAD_UNLABELED", "decode_mask", "read_rgb"]
@@ -66,7 +66,8 @@ class SemiDataset(Dataset):
       ``cut_longer`` False (UniMatch V2) a list longer than ``nsample`` is kept whole.
     - ``train_l_weak``: as ``train_l`` without the photometric transforms (UniMatch V2's labeled view).
     - ``train_u``: {``img_w``: the image (3, size, size) after the geometric transforms only, ``padded``:
-      (size, size) bool, where the crop was padded}; the unlabeled mask file is not read.
+      (size, size) bool, where the crop was padded}; the unlabeled mask file is not read (but see
+      ``unlabeled_labels`` below).
     - ``train_u_strong`` (UniMatch V2): {``img_w``: the weak view, ``img_s1`` / ``img_s2``: two strong views,
       ``padded``, ``box1`` / ``box2``: their CutMix boxes (size, size) float32}; each strong view is the weak
       view with its own photometric transforms (:func:`photometric`), then its own box (:func:`cutmix_box`).

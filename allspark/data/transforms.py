@@ -1,8 +1,8 @@
 """The release's augmentations (UniMatch's ``dataset/transform.py``), with the same distributions.
 
 All of them take PIL images and draw from Python's ``random`` (geometry, probabilities), NumPy's
-global generator (blur sigma) and torch's (ColorJitter), as the release does; the trainer seeds all three
-(:func:`allspark.rng.seed_all`).
+global generator (blur sigma) and torch's (ColorJitter), as the release does; the dataset seeds all three
+from each sample's own seed (:func:`allspark.rng.seed_all`).
 """
 import random
 

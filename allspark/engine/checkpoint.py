@@ -10,7 +10,7 @@ import torch
 from ..files import atomic_path
 from ..models import build_model, load_checkpoint, read_checkpoint
 
-__all__ = ["save_checkpoint", "release_state_dict", "resume", "first_non_finite", "checkpoint_tensors",
+__all__ = ["save_checkpoint", "release_state_dict", "resume_latest", "first_non_finite", "checkpoint_tensors",
            "load_trained_model", "model_differences", "report_provenance"]
 
 logger = logging.getLogger("allspark")
@@ -29,7 +29,7 @@ def save_checkpoint(obj, path):
         torch.save(obj, tmp)
 
 
-def resume(save_path, model, optimizer, extra_modules=None):
+def resume_latest(save_path, model, optimizer, extra_modules=None):
     """Load ``latest.pth`` from ``save_path`` if it is there (the release's behaviour): model,
     optimizer (momentum / Adam buffers and lr; moved to the parameters' device), the method's extra
     modules (``{entry: module}``, e.g. ``model_ema``) and progress. Returns the checkpoint dict, or None

@@ -3,7 +3,7 @@
 
 Per iteration: the method's losses under the config's autocast, backward, the optimizer step, the poly
 lr (power 0.9, over epochs x iterations per epoch) written after the step as the releases do, then the
-method's ``after_step`` (UniMatch V2's EMA). Every epoch is evaluated; ``latest.pth`` / ``best.pth``
+method's ``after_step`` (the EMA teacher's update, where the method has one). Every epoch is evaluated; ``latest.pth`` / ``best.pth``
 are written atomically and a run started again on the same save path resumes from ``latest.pth``.
 """
 import logging
@@ -23,7 +23,7 @@ from ..files import WriteError
 from ..methods import PSEUDO_ACCURACY, get_method, to_device
 from ..models import build_model
 from ..rng import get_rng_state, seed_all, set_rng_state
-from .checkpoint import checkpoint_tensors, first_non_finite, release_state_dict, resume, save_checkpoint
+from .checkpoint import checkpoint_tensors, first_non_finite, release_state_dict, resume_latest, save_checkpoint
 from .cluster import EXIT_PREEMPTED, RunLock, RunLockedError, StopRequest, parse_duration, provenance, watch_parent
 from .dist import DistEnv, any_rank, broadcast_buffers, cleanup, gather_objects, setup_distributed
 from .evaluate import evaluate
@@ -83,12 +83,14 @@ class Trainer:
     The constructor builds, in this order: the data check of the lists, the save path and its lock, the
     model (seeded with ``seed``, wrapped for DDP / compile) and the method, the loaders, the optimisation
     (optimizer, loss scaler) and the logging (TensorBoard, provenance). ``model`` and ``loaders`` (a dict
-    {'l': labeled, 'u': unlabeled, 'val': validation}; lists of batches will do) replace the built ones, and
-    without ``save_path`` nothing is written: tests, the benchmark and the release-recipe replay run the
-    real steps this way. ``stop`` (a :class:`StopRequest`) says when to stop with a checkpoint.
+    {'l': labeled, 'u': unlabeled, 'val': validation}) replace the built ones, and without ``save_path``
+    nothing is written: tests, the benchmark and the release-recipe replay run the real steps this way.
+    For :meth:`step` alone the loaders only give the epoch's length (lists will do); :meth:`fit` needs
+    loaders with the trainer's samplers (``build_loaders``). ``stop`` (a :class:`StopRequest`) says when to
+    stop with a checkpoint.
 
     :meth:`fit` runs (or resumes) the whole schedule; :meth:`step` is one iteration; :meth:`close` stops the
-    loaders' workers and the TensorBoard writer.
+    loaders' workers, closes the TensorBoard writer and releases the save path's lock.
     """
 
     def __init__(self, cfg: dict, env: Optional[DistEnv] = None, *, save_path=None, labeled_list=None,
@@ -100,15 +102,20 @@ class Trainer:
         if loaders is None:
             self._check_data(labeled_list, unlabeled_list, config_path)
         self.save_path, self.lock = self._claim_save_path(save_path)
-        seed_all(seed)
-        self.model, self.net = self._build_model(model)
-        self.method = self.method_cls.from_config(cfg, self.model, build_criterion(cfg["criterion"]))
-        self.loaders = loaders if loaders is not None else self._build_loaders(labeled_list, unlabeled_list)
-        self.iters_per_epoch = len(self.loaders["u" if "u" in self.loaders else "l"])
-        self.total_iters = self.iters_per_epoch * cfg["epochs"]
-        self.log_keys = self._log_keys()
-        self.optimizer, self.scaler = self._build_optimisation()
-        self.tb, self.provenance = self._build_logging()
+        self.loaders, self.tb = {}, None
+        try:
+            seed_all(seed)
+            self.model, self.net = self._build_model(model)
+            self.method = self.method_cls.from_config(cfg, self.model, build_criterion(cfg["criterion"]))
+            self.loaders = loaders if loaders is not None else self._build_loaders(labeled_list, unlabeled_list)
+            self.iters_per_epoch = len(self.loaders["u" if "u" in self.loaders else "l"])
+            self.total_iters = self.iters_per_epoch * cfg["epochs"]
+            self.log_keys = self._log_keys()
+            self.optimizer, self.scaler = self._build_optimisation()
+            self.tb, self.provenance = self._build_logging()
+        except BaseException:
+            self.close()  # (the lock, and loaders already built)
+            raise
         self.best = {}  # eval tag -> (best mIoU, its epoch)
 
     # ---- builders ---------------------------------------------------------------------------------------
@@ -209,8 +216,9 @@ class Trainer:
         """Iteration ``i`` of epoch ``epoch``: the method's forward passes and losses on ``batch`` (moved to the
         device) under the config's autocast, backward (through the loss scaler, a pass-through unless fp16),
         the optimizer step, the poly lr for the next iteration, the method's ``after_step``. ``kwargs`` go to
-        ``method.losses`` (UniMatch V2's ``comp_drop_mask``). Returns the ``log_keys`` values as one detached
-        tensor on the device: the caller reads it with a single host synchronisation."""
+        ``method.losses`` (UniMatch V2's ``comp_drop_mask``). The lr written is poly(global iteration), the
+        release's order: the next step runs at it. Returns the ``log_keys`` values as one detached tensor on
+        the device: the caller reads it with a single host synchronisation."""
         iters = epoch * self.iters_per_epoch + i
         with autocast(self.env.device, self.cfg["amp"]):
             losses = self.method.losses(self.net, to_device(batch, self.env.device), epoch, **kwargs)
@@ -348,7 +356,9 @@ class Trainer:
     def resume(self):
         """Continue from ``latest.pth`` if the save path has one; returns (first epoch, its first step, the
         RNG states to continue with or None)."""
-        ckpt = resume(self.save_path, self.model, self.optimizer, self.method.extra_modules()) if self.save_path else None
+        ckpt = None
+        if self.save_path is not None:
+            ckpt = resume_latest(self.save_path, self.model, self.optimizer, self.method.extra_modules())
         if ckpt is None:
             return 0, 0, None
         for tag, _ in self.method.eval_models(self.model):
@@ -368,10 +378,9 @@ class Trainer:
                     for key, value in buffers.items():
                         named[key].copy_(value)
             epoch, start, rng = stopped["epoch"], stopped["iteration"], own["rng"]
-        elif stopped:
+        elif stopped:  # (ckpt["epoch"] + 1 is the interrupted epoch: it restarts)
             logger.warning(f"latest.pth was written mid-epoch by {stopped['world_size']} process(es), this run has "
                            f"{self.env.world_size}: epoch {stopped['epoch']} restarts from its first step")
-            epoch = stopped["epoch"]
         where = f"epoch {epoch - 1} done" if not stopped else f"epoch {epoch}, step {start} of {self.iters_per_epoch}"
         logger.info(f"resumed from {self._latest()}: {where}, lr {self.optimizer.param_groups[0]['lr']:.8f}, best "
                     f"{self.best.get('', (0.0, 0))[0]:.2f}"
@@ -409,9 +418,14 @@ class Trainer:
         raise SystemExit(EXIT_PREEMPTED)
 
     def close(self) -> None:
-        """Stop the loaders' worker processes and close the TensorBoard writer (however the run ended)."""
+        """Stop the loaders' worker processes, close the TensorBoard writer and release the save path's lock
+        (however the run ended)."""
         shutdown_loaders(self.loaders.values())
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def main(args) -> float:

@@ -1,8 +1,9 @@
 """Training methods: one file each; adding a method is a new file here, its line in ``METHODS`` and its configs.
 
 - ``sup``: the labeled list alone; ``semi``: plain pseudo-labelling; ``allspark``: the AllSpark release
-  (all three with the release's SGD recipe); ``unimatch_v2``: UniMatch V2's release (EMA teacher, CutMixed
-  strong views with complementary dropout, confidence threshold, AdamW).
+  (all three with the release's SGD recipe by default; ``semi`` and ``allspark`` take UniMatch V2's parts as
+  options); ``unimatch_v2``: UniMatch V2's release (EMA teacher, CutMixed strong views with complementary
+  dropout, confidence threshold, AdamW).
 
 Importing this package registers every method's name, config keys and check with the config layer
 (:func:`allspark.config.register_method`), which then loads their configs.

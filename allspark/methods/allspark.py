@@ -17,12 +17,12 @@ __all__ = ["AllSparkMethod"]
 class AllSparkMethod(PseudoLabel):
     name = "allspark"
     decoders = ("allspark",)
-    # broadcast (the release): DDP's buffer broadcast leaves every process rank 0's memory; gather: every
-    # process enqueues the unlabeled channels of all processes, in rank order
+    # broadcast (the release): DDP's buffer broadcast leaves every process rank 0's memory plus its own last
+    # batch; gather: every process enqueues the unlabeled channels of all processes, in rank order
     config_keys = {**PseudoLabel.config_keys, "memory_sync": Key(default="broadcast", allowed=("broadcast", "gather"))}
 
-    def __init__(self, criterion_l, warmup_epoch, ignore_unlabeled_padding=False, **options):
-        super().__init__(criterion_l, ignore_unlabeled_padding, **options)
+    def __init__(self, criterion_l, warmup_epoch, **options):
+        super().__init__(criterion_l, **options)
         self.warmup_epoch = warmup_epoch
 
     @classmethod
@@ -44,5 +44,5 @@ class AllSparkMethod(PseudoLabel):
     def from_config(cls, cfg, model, criterion_l):
         return cls(criterion_l, model.decoder.warmup_epoch, **cls.options(cfg)).setup(model)
 
-    def forward_kwargs(self, pseudo, epoch):
-        return {"pseudo_logits": pseudo, "use_memory": epoch >= self.warmup_epoch}
+    def forward_kwargs(self, pseudo_logits, epoch):
+        return {"pseudo_logits": pseudo_logits, "use_memory": epoch >= self.warmup_epoch}

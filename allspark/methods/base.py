@@ -54,7 +54,8 @@ def to_device(batch, device: torch.device):
 
 
 class Method:
-    """Base class of the training methods; the class attributes describe the method to the trainer.
+    """Base class of the training methods; these attributes describe the method to the trainer (a method's
+    options may change ``unlabeled_mode`` and ``log_keys`` on the instance, which the trainer reads):
 
     - ``name``: the config's ``method`` value; ``decoders``: the decoder types it trains.
     - ``labeled_mode`` / ``unlabeled_mode``: the :class:`allspark.data.SemiDataset` modes of its two
@@ -70,6 +71,9 @@ class Method:
       must beat it (AllSpark).
     - ``find_unused_parameters``: DistributedDataParallel's, also turned on by a model with parameters
       that get no gradient (modules with ``has_unused_parameters``).
+    - ``teacher``: the method's EMA teacher (:class:`allspark.methods.weak_to_strong.EMATeacher`) or None; a
+      teacher is updated after every step, evaluated beside the model (tag ``ema``) and checkpointed as
+      ``model_ema``.
     """
 
     name = None
@@ -81,6 +85,7 @@ class Method:
     config_keys = {}
     best_if_equal = False
     find_unused_parameters = False
+    teacher = None
 
     @classmethod
     def check_config(cls, cfg: dict, source: str = "config") -> None:
@@ -115,12 +120,15 @@ class Method:
         raise NotImplementedError
 
     def after_step(self, model: nn.Module, iters: int) -> None:
-        """Called after every optimizer step with the bare model and the global iteration."""
+        """Called after every optimizer step with the bare model and the global iteration: the teacher's
+        EMA update."""
+        if self.teacher is not None:
+            self.teacher.update(model, iters)
 
     def eval_models(self, model: nn.Module) -> List[Tuple[str, nn.Module]]:
         """[(tag, module)] to evaluate each epoch; the tag '' is the model whose best is ``best.pth``."""
-        return [("", model)]
+        return [("", model)] + ([("ema", self.teacher.module)] if self.teacher is not None else [])
 
     def extra_modules(self) -> Dict[str, nn.Module]:
-        """{checkpoint entry: module} saved beside ``model`` and restored on resume (e.g. ``model_ema``)."""
-        return {}
+        """{checkpoint entry: module} saved beside ``model`` and restored on resume (``model_ema``)."""
+        return {"model_ema": self.teacher.module} if self.teacher is not None else {}

@@ -44,8 +44,7 @@ class PseudoLabel(Method):
         self.criterion_u = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         self.ignore_unlabeled_padding = ignore_unlabeled_padding
         self.teacher_kind, self.strong_aug, self.conf_thresh = teacher, strong_aug, float(conf_thresh)
-        self.optimizer = optimizer
-        self.teacher = None  # an EMATeacher with teacher: ema (setup)
+        self.optimizer_name = optimizer
         self.unlabeled_mode = "train_u_strong" if strong_aug else "train_u"
         if self.conf_thresh > 0:
             self.log_keys = {**type(self).log_keys, "mask_ratio": "Mask ratio"}
@@ -73,11 +72,11 @@ class PseudoLabel(Method):
         return self
 
     def build_optimizer(self, model, lr, lr_multi):
-        if self.optimizer == "adamw":
+        if self.optimizer_name == "adamw":
             return adamw_two_groups(model, lr, lr_multi)
         return super().build_optimizer(model, lr, lr_multi)
 
-    def forward_kwargs(self, pseudo, epoch):
+    def forward_kwargs(self, pseudo_logits, epoch):
         """Extra arguments of the training forward (AllSpark hands the bottleneck its pseudo logits)."""
         return {}
 
@@ -113,13 +112,3 @@ class PseudoLabel(Method):
         else:
             loss_u = pseudo.loss(pred_u, self.conf_thresh)
         return {"loss": (loss_x + loss_u) / 2.0, "loss_x": loss_x, "loss_u": loss_u, **stats}
-
-    def after_step(self, model, iters):
-        if self.teacher is not None:
-            self.teacher.update(model, iters)
-
-    def eval_models(self, model):
-        return [("", model)] + ([("ema", self.teacher.module)] if self.teacher is not None else [])
-
-    def extra_modules(self):
-        return {"model_ema": self.teacher.module} if self.teacher is not None else {}

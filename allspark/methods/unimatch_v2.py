@@ -14,7 +14,7 @@ over parameters and buffers (a copy of the model at iteration 0). Model and EMA 
 """
 import torch
 
-from ..config import Key
+from ..config import ConfigError, Key
 from .base import PSEUDO_ACCURACY, Method, adamw_two_groups, label_accuracy
 from .weak_to_strong import EMATeacher, cutmix, pseudo_labels
 
@@ -35,7 +35,12 @@ class UniMatchV2(Method):
     def __init__(self, criterion_l, conf_thresh=0.95):
         self.criterion_l = criterion_l
         self.conf_thresh = float(conf_thresh)
-        self.teacher = None  # the EMATeacher (setup)
+
+    @classmethod
+    def check_config(cls, cfg, source="config"):
+        super().check_config(cfg, source)
+        if not 0 <= cfg["conf_thresh"] <= 1:
+            raise ConfigError(f"{source}: conf_thresh must be in [0, 1], got {cfg['conf_thresh']}")
 
     @classmethod
     def from_config(cls, cfg, model, criterion_l):
@@ -67,13 +72,3 @@ class UniMatchV2(Method):
         if "truth" in u:
             losses.update({key: label_accuracy(pseudo.labels, u["truth"]) for key in PSEUDO_ACCURACY})
         return losses
-
-    def after_step(self, model, iters):
-        """EMA update of every parameter and buffer (after the optimizer step)."""
-        self.teacher.update(model, iters)
-
-    def eval_models(self, model):
-        return [("", model), ("ema", self.teacher.module)]
-
-    def extra_modules(self):
-        return {"model_ema": self.teacher.module}

@@ -155,8 +155,8 @@ class ChannelAttention(SemanticMemory):
         self.attn_dropout = nn.Dropout(attn_drop)
         self.proj_dropout = nn.Dropout(attn_drop)
         # memory_sync: gather. Off (the release): each process enqueues its own unlabeled batch, and DDP's
-        # buffer broadcast leaves every process with rank 0's memory. On: every process enqueues the
-        # batches of all processes, in rank order, so the memories stay identical.
+        # buffer broadcast leaves every process with rank 0's memory plus its own last batch. On: every
+        # process enqueues the batches of all processes, in rank order, so the memories stay identical.
         self.gather_memory = False
 
     def _dropout_p(self):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..compat import autocast_enabled
 
-__all__ = ["score_std", "fused_attention", "chunked_attention", "ChunkedAttention"]
+__all__ = ["score_std", "fused_attention", "chunked_attention", "ChunkedAttention", "key_chunks"]
 
 # weights of one key chunk (queries x chunk keys) on the CPU: 4 MiB in fp32, so that the element-wise passes
 # over a chunk (exp, sums, dropout) stay in the cache; measured on the 2-core CPU (forward + backward of
@@ -42,7 +42,7 @@ def score_std(q, k, eps=1e-5):
     return (var + eps).sqrt()[..., None, None]
 
 
-def _chunks(num_keys, num_queries, device):
+def key_chunks(num_keys, num_queries, device):
     """[(start, end)] of the key chunks: as many keys as keep a chunk's weights within the device's size."""
     elements = CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
     size = max(1, min(num_keys, elements // max(num_queries, 1)))
@@ -78,7 +78,7 @@ class ChunkedAttention(torch.autograd.Function):
         m = torch.full((rows, 1), float("-inf"), dtype=q.dtype, device=q.device)
         l = q.new_zeros(rows, 1)
         acc = q.new_zeros(rows, v.shape[1])
-        for a, b in _chunks(k.shape[0], rows, q.device):
+        for a, b in key_chunks(k.shape[0], rows, q.device):
             w = q @ k[a:b].T
             m_new = torch.maximum(m, w.amax(dim=-1, keepdim=True))
             rescale = (m - m_new).exp_()
@@ -107,7 +107,7 @@ class ChunkedAttention(torch.autograd.Function):
         grad_q = torch.zeros_like(q)
         grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        for i, (a, b) in enumerate(_chunks(k.shape[0], q.shape[0], q.device)):
+        for i, (a, b) in enumerate(key_chunks(k.shape[0], q.shape[0], q.device)):
             w = (q @ k[a:b].T).sub_(lse).exp_()  # P, this chunk
             grad_w = grad_out @ v[a:b].T  # dL / d(the weights after dropout)
             if p > 0:

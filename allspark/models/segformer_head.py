@@ -41,7 +41,8 @@ class SegFormerHead(nn.Module):
     (B, num_class, H_1, W_1): every map projected to ``embedding_dim`` (``linear_c*``), c2..c4 resized
     bilinearly to c1's size, concatenated as [c4, c3, c2, c1], fused (``linear_fuse``: 1x1 conv, BN, ReLU),
     dropout, 1x1 classifier (``linear_pred``). With ``folded`` (the default) the same function runs through
-    :func:`folded_segformer_head`, which needs a fraction of the memory and time."""
+    :func:`folded_segformer_head`, which needs a fraction of the memory and time. (The module names are the
+    release's, so its checkpoints load unchanged.)"""
 
     def __init__(self, in_channels, embedding_dim, num_class, dropout=0.1, folded=True):
         super().__init__()
@@ -74,13 +75,13 @@ def folded_segformer_head(head: SegFormerHead, feats):
     The 1x1 fuse conv over the concatenation [c4, c3, c2, c1] is a sum of four blocks B_i, and bilinear
     resizing is linear per channel with weights summing to 1, so B_i (L_i x + b_i) is computed first, as one
     linear map (B_i L_i, B_i b_i), at the map's own size, and resized after; BatchNorm, ReLU and dropout then
-    act on the sum as they act on the conv's output. The same function with sums re-associated in fp32: it
-    saves the 4 x embedding_dim concatenation at stride 4 and three quarters of the fuse conv's work. The
-    classifier is one matrix product. It assumes what the head is built with: a bias-free 1x1 fuse conv
-    followed by BatchNorm and ReLU, and a 1x1 classifier."""
+    act on the sum as they act on the conv's output. The same function with its sums in another order (the
+    plain head's results to rounding): it saves the 4 x embedding_dim concatenation at stride 4 and three
+    quarters of the fuse conv's work. The classifier is one matrix product. It assumes what the head is built
+    with: a bias-free 1x1 fuse conv followed by BatchNorm and ReLU, and a 1x1 classifier with a bias."""
     fuse, pred = head.linear_fuse.conv, head.linear_pred
     assert fuse.kernel_size == (1, 1) and fuse.bias is None and fuse.groups == 1 and fuse.stride == (1, 1), fuse
-    assert pred.kernel_size == (1, 1) and pred.groups == 1, pred
+    assert pred.kernel_size == (1, 1) and pred.groups == 1 and pred.bias is not None, pred
     c1 = feats[0]
     n, _, H, W = c1.shape
     embed = head.linear_c1.proj.out_features
@@ -90,13 +91,14 @@ def folded_segformer_head(head: SegFormerHead, feats):
                                 blocks):
         _, _, h, w = feat.shape
         x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
-        # (n, embed, h, w), a channels-last view: bilinear resizing from two images on measured 2-3x faster
-        # so (forward + backward) than of contiguous maps on the CPU; a single image is made contiguous
+        # (n, embed, h, w) as a channels-last view: on the CPU, bilinear resizing (forward + backward) of a
+        # batch of two or more images measured 2-3x faster in that layout than of contiguous maps
+        # (resize_bilinear makes a single image contiguous)
         x = x.transpose(1, 2).view(n, -1, h, w)
         if (h, w) != (H, W):
             x = resize_bilinear(x, (H, W))
         fused = x if fused is None else fused + x
-    x = head.dropout(head.linear_fuse.activate(head.linear_fuse.bn(fused)))  # channels-last from 2 images on
+    x = head.dropout(head.linear_fuse.activate(head.linear_fuse.bn(fused)))
     # the classifier as (K, embed) @ (n, embed, H W), which matmul folds into one product: contiguous logits, as
     # the release's (the loss would copy channels-last ones), and the weight gradient in the parameter's layout.
     # (A baddbmm of the expanded weight, forward + backward 2x slower on the CPU, also got wrong gradients from
@@ -116,7 +118,7 @@ class SegFormerDecoder(nn.Module):
 
     def __init__(self, num_class, in_planes, embedding_dim=768, num_heads=None, image_size=None, warmup_epoch=None):
         super().__init__()
-        self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)
+        self.decoder = SegFormerHead(in_planes, embedding_dim, num_class)  # (the release's module name)
 
     def forward(self, feats, pseudo_logits=None, use_memory=False):
         if use_memory:

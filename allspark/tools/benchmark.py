@@ -3,14 +3,15 @@
     python -m allspark.tools.benchmark --config configs/pascal_allspark.yaml --backbone mit_b2 --crop 257 \
         --batch-size 2 --steps 5 --warmup 2 --device cpu --out bench.json
 
-The training step is the trainer's own (:meth:`allspark.engine.trainer.Trainer.step`, the trainer built
-with the config's model and synthetic batches) with the config's method: for AllSpark an eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss,
-backward and an SGD step; for UniMatch V2 the EMA teacher's pass on the weak view, the labeled forward,
-the forward of both CutMixed strong views with complementary dropout, backward, AdamW and the EMA
-update; the baselines' configs time their own steps. All under the config's ``amp`` and ``compile``
-unless ``--amp`` / ``--[no-]compile`` say otherwise. The eval forward runs under the same autocast. Prints
-median / min / max seconds per step, images per second and peak memory (CUDA max_memory_allocated, or
-the process's peak RSS on the CPU).
+The training step is the trainer's own (:meth:`allspark.engine.trainer.Trainer.step`: the trainer built
+with the config's model, stepping on one synthetic batch) with the config's method: for AllSpark an
+eval-mode pseudo-label pass, a train forward of labeled + unlabeled, the loss, backward and an SGD step; for
+UniMatch V2 the EMA teacher's pass on the weak view, the labeled forward, the forward of both CutMixed strong
+views with complementary dropout, backward, AdamW and the EMA update; the baselines' configs time their own
+steps. All under the config's ``amp`` and ``compile`` unless ``--amp`` / ``--[no-]compile`` say otherwise.
+The eval forward runs under the same autocast. Prints and writes median / min / max seconds per step, images
+per second, peak memory (CUDA max_memory_allocated, or the process's peak RSS on the CPU), the step's own
+peak allocation and its host synchronisations.
 """
 import argparse
 import copy
@@ -23,10 +24,9 @@ import time
 import warnings
 
 import torch
-
 from torch.overrides import TorchFunctionMode
 
-from ..config import AMP_MODES, load_training_config
+from ..config import AMP_MODES, RELEASE_DPT_HEADS, load_training_config
 from ..engine.dist import DistEnv
 from ..engine.speed import autocast
 from ..engine.trainer import Trainer
@@ -43,24 +43,30 @@ def _is_allspark(decoder):
     return ALIASES.get(decoder["type"], decoder["type"]) == "allspark"
 
 
-def _model_cfg(cfg, args):
-    model_cfg = copy.deepcopy(cfg["model"])
-    backbone, decoder = model_cfg["backbone"], model_cfg["decoder"]
-    backbone.setdefault("kwargs", {})["pretrained"] = False  # random weights time the same
-    if args.backbone:  # a preset: its own keywords, not the config's encoder's
-        backbone["type"], backbone["kwargs"] = args.backbone, {"pretrained": False}
-        if args.backbone in MIT_PRESETS:
-            decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[args.backbone]["embed_dims"])
+def model_section(cfg, crop, backbone=None, num_class=None, attention=None):
+    """The config's model section for timing: random weights (they time the same), ``backbone`` (a preset,
+    with its own keywords and the decoder's widths to match: the release's DPT head for a DINOv2 preset under
+    ``dpt``), ``num_class``, AllSpark's ``attention`` path and S-Mem sized for ``crop``."""
+    section = copy.deepcopy(cfg["model"])
+    encoder, decoder = section["backbone"], section["decoder"]
+    encoder.setdefault("kwargs", {})["pretrained"] = False
+    if backbone:
+        encoder["type"], encoder["kwargs"] = backbone, {"pretrained": False}
+        if backbone in MIT_PRESETS:
+            decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[backbone]["embed_dims"])
+        elif decoder["type"] == "dpt":
+            features, out_channels = RELEASE_DPT_HEADS[backbone]
+            decoder["kwargs"].update(features=features, out_channels=list(out_channels))
         elif "in_planes" in decoder["kwargs"]:  # a DINOv2 preset under the allspark / segformer decoders
-            preset = DINOV2_PRESETS[args.backbone]
+            preset = DINOV2_PRESETS[backbone]
             decoder["kwargs"]["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
-    if args.num_class:
-        decoder["kwargs"]["num_class"] = args.num_class
-    if args.attention and _is_allspark(decoder):
-        decoder["kwargs"]["attention"] = args.attention
+    if num_class:
+        decoder["kwargs"]["num_class"] = num_class
     if _is_allspark(decoder):
-        decoder["kwargs"]["image_size"] = args.crop  # S-Mem is sized for the training crop
-    return model_cfg
+        if attention:
+            decoder["kwargs"]["attention"] = attention
+        decoder["kwargs"]["image_size"] = crop  # S-Mem is sized for the training crop
+    return section
 
 
 def _sync(device):
@@ -87,13 +93,16 @@ def step_peak_memory_mb(fn, device):
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     try:
         from torch.profiler import ProfilerActivity, profile
-        from torch.profiler._memory_profiler import Action  # (a private module: guarded)
-    except ImportError:
+        from torch.profiler._memory_profiler import Action  # (a private module: guarded, as its use below)
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            fn()
+        timeline = prof._memory_profile().timeline
+    except (ImportError, AttributeError, RuntimeError):
         return None
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
     current = peak = 0
-    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda event: event[0]):
+    for _, action, _, size in sorted(timeline, key=lambda event: event[0]):
         if action == Action.CREATE:
             current += size
         elif action == Action.DESTROY:
@@ -179,22 +188,20 @@ def synthetic_batch(method, batch, crop, num_class, device):
 
 def build_trainer(args, device):
     """(the Trainer of ``args.config`` with the benchmark's overrides, stepping on one synthetic batch; that
-    batch; the epoch to step in: AllSpark reads S-Mem from its ``warmup_epoch`` on)."""
+    batch; the epoch to step in: from the decoder's ``warmup_epoch`` on AllSpark reads S-Mem, so
+    ``--memory off`` steps in epoch 0, which reads it too where ``warmup_epoch`` is 0)."""
     cfg = load_training_config(args.config)
-    args.amp = args.amp or cfg["amp"]
-    args.compile = cfg["compile"] if args.compile is None else args.compile
-    args.activation_checkpointing = (cfg["activation_checkpointing"] if args.activation_checkpointing is None
-                                     else args.activation_checkpointing)
-    args.crop = args.crop or cfg["crop_size"]
-    model_cfg = _model_cfg(cfg, args)
-    warmup = model_cfg["decoder"]["kwargs"].get("warmup_epoch") if _is_allspark(model_cfg["decoder"]) else None
+    crop = args.crop or cfg["crop_size"]
+    section = model_section(cfg, crop, args.backbone, args.num_class, args.attention)
+    warmup = section["decoder"]["kwargs"].get("warmup_epoch") if _is_allspark(section["decoder"]) else None
     epoch = warmup if warmup is not None and args.memory == "on" else 0
-    cfg = {**cfg, "amp": args.amp, "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-           "model": model_cfg, "batch_size": args.batch_size or cfg["batch_size"], "epochs": max(cfg["epochs"], epoch + 1)}
-    torch.manual_seed(0)
+    cfg = {**cfg, "model": section, "crop_size": crop, "amp": args.amp or cfg["amp"],
+           "compile": cfg["compile"] if args.compile is None else args.compile,
+           "activation_checkpointing": (cfg["activation_checkpointing"] if args.activation_checkpointing is None
+                                        else args.activation_checkpointing),
+           "batch_size": args.batch_size or cfg["batch_size"], "epochs": max(cfg["epochs"], epoch + 1)}
     trainer = Trainer(cfg, DistEnv(device=device), loaders={"l": [None], "u": [None], "val": []})
-    batch = synthetic_batch(trainer.method, cfg["batch_size"], args.crop, model_cfg["decoder"]["kwargs"]["num_class"],
-                            device)
+    batch = synthetic_batch(trainer.method, cfg["batch_size"], crop, section["decoder"]["kwargs"]["num_class"], device)
     return trainer, batch, epoch
 
 
@@ -213,10 +220,10 @@ def run_benchmark(args):
     @torch.no_grad()
     def eval_forward():
         net.eval()
-        with autocast(device, args.amp):
+        with autocast(device, cfg["amp"]):
             net(img_x)
 
-    images_per_step = cfg["batch_size"] * (1 if method.unlabeled_mode is None else 2)
+    images_per_step = cfg["batch_size"] * (1 if method.unlabeled_mode is None else 2)  # labeled + unlabeled
     train_times = _timed(step, args.steps, args.warmup, device)
     train_peak = _peak_memory_mb(device)
     train_reserved = torch.cuda.max_memory_reserved(device) / 2 ** 20 if device.type == "cuda" else None
@@ -226,10 +233,10 @@ def run_benchmark(args):
     decoder = cfg["model"]["decoder"]
     return {
         "config": args.config, "method": cfg["method"], "backbone": cfg["model"]["backbone"]["type"],
-        "num_class": decoder["kwargs"]["num_class"], "crop": args.crop, "batch_size": cfg["batch_size"],
+        "num_class": decoder["kwargs"]["num_class"], "crop": cfg["crop_size"], "batch_size": cfg["batch_size"],
         "unlabeled": method.unlabeled_mode is not None,
-        "memory": args.memory if _is_allspark(decoder) else None, "amp": args.amp,
-        "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "device": str(device),
+        "memory": args.memory if _is_allspark(decoder) else None, "amp": cfg["amp"],
+        "compile": cfg["compile"], "activation_checkpointing": cfg["activation_checkpointing"], "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "attention": decoder["kwargs"].get("attention", DEFAULT_ATTENTION) if _is_allspark(decoder) else None,
