@@ -2,6 +2,7 @@
 # The demo on a fresh machine, CPU only: make the toy dataset if missing, train AllSpark with two
 # processes (torchrun, gloo), then score best.pth and write image | ground truth | prediction panels.
 #   bash scripts/demo.sh [method]      method: allspark (default) | baseline_semi | baseline_sup | unimatch_v2
+#                                      | unimatch_v2_dinov3 (configs/toy_<method>.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 method=${1:-allspark}

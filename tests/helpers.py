@@ -67,6 +67,18 @@ def tiny_dinov2_allspark_cfg(head="dpt", num_class=5, image_size=DPT_CROP):
     return {"backbone": copy.deepcopy(TINY_DINOV2), "decoder": {"type": "allspark", "kwargs": kwargs}}
 
 
+TINY_DINOV3 = {"type": "dinov3", "kwargs": {"embed_dim": 48, "depth": 4, "num_heads": 2, "layers": [0, 1, 2, 3]}}
+DINOV3_CROP = 64  # a multiple of DINOv3's patch 16
+
+
+def tiny_dinov3_cfg(num_class=5, decoder="dpt", image_size=DINOV3_CROP):
+    """A 4-block DINOv3-layout ViT of width 48 (patch 16, storage tokens, RoPE, the k-masked qkv bias) with
+    UniMatch V2's DPT head (``decoder='dpt'``) or the AllSpark bottleneck and the DPT head (``'allspark'``)."""
+    cfg = tiny_dinov2_allspark_cfg("dpt", num_class, image_size) if decoder == "allspark" else tiny_dpt_cfg(num_class)
+    cfg["backbone"] = copy.deepcopy(TINY_DINOV3)
+    return cfg
+
+
 def golden_allspark_model_cfg(case, attention="fused"):
     """The model section of the AllSpark golden file's ``case`` (allspark_ref_small.pt), every size from it."""
     return {

@@ -6,7 +6,7 @@ import torch
 from allspark.config import ConfigError, load_training_config
 from allspark.models import build_model
 
-from helpers import ROOT, tiny_dpt_cfg, tiny_model_cfg
+from helpers import ROOT, tiny_dinov3_cfg, tiny_dpt_cfg, tiny_model_cfg
 
 
 def loss_and_grads(cfg, checkpointing, size):
@@ -24,11 +24,14 @@ def loss_and_grads(cfg, checkpointing, size):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("encoder", ["mit", "dinov2"])
+@pytest.mark.parametrize("encoder", ["mit", "dinov2", "dinov3"])
 def test_same_loss_and_gradients(encoder):
-    cfg = tiny_model_cfg(num_class=3, decoder="segformer") if encoder == "mit" else tiny_dpt_cfg(num_class=3)
+    cfg = {"mit": lambda: tiny_model_cfg(num_class=3, decoder="segformer"), "dinov2": lambda: tiny_dpt_cfg(num_class=3),
+           "dinov3": lambda: tiny_dinov3_cfg(num_class=3)}[encoder]()
     cfg["backbone"]["kwargs"]["drop_path_rate"] = 0.2  # random draws in every block
-    size = 65 if encoder == "mit" else 56
+    if encoder == "dinov3":
+        cfg["backbone"]["kwargs"]["rope_rescale_coords"] = 2.0  # and in every block's RoPE
+    size = {"mit": 65, "dinov2": 56, "dinov3": 64}[encoder]
     plain, plain_grads = loss_and_grads(cfg, False, size)
     ckpt, ckpt_grads = loss_and_grads(cfg, True, size)
     assert torch.equal(plain, ckpt)

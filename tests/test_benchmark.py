@@ -14,6 +14,7 @@ from helpers import ROOT
      "batch 1 + 1 memory on attention fused amp none checkpointed"),
     ("toy_baseline_sup", 65, [], "batch 1 amp none"),
     ("toy_unimatch_v2", 70, [], "batch 1 + 1 amp none"),  # EMA pass, two forwards, AdamW, EMA update
+    ("toy_unimatch_v2_dinov3", 64, [], "batch 1 + 1 amp none"),
 ])
 def test_benchmark_writes_its_report(tmp_path, config, crop, extra, header, capsys):
     out = tmp_path / "bench.json"

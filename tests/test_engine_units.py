@@ -187,7 +187,8 @@ def test_every_shipped_config_loads(path):
     cfg = load_training_config(path)
     expected = {"allspark": "allspark", "baseline_semi": "semi", "baseline_sup": "sup",
                 "unimatch_v2": "unimatch_v2", "allspark_dinov2": "allspark",
-                "allspark_weak_to_strong": "allspark"}[path.stem.split("_", 1)[1]]
+                "allspark_weak_to_strong": "allspark", "unimatch_v2_dinov3": "unimatch_v2",
+                "allspark_dinov3": "allspark"}[path.stem.split("_", 1)[1]]
     assert cfg["method"] == expected
 
 

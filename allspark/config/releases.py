@@ -4,7 +4,7 @@ import logging
 
 from .schema import ConfigError
 
-__all__ = ["RELEASE_KEYS", "RELEASE_DPT_HEADS", "drop_release_keys", "release_dpt_section", "from_release_format"]
+__all__ = ["RELEASE_KEYS", "RELEASE_DPT_HEADS", "DPT_HEADS", "drop_release_keys", "release_dpt_section", "from_release_format"]
 
 logger = logging.getLogger("allspark")
 
@@ -19,6 +19,18 @@ RELEASE_DPT_HEADS = {
     "dinov2_base": (128, [96, 192, 384, 768]),
     "dinov2_large": (256, [256, 512, 1024, 1024]),
     "dinov2_giant": (384, [1536, 1536, 1536, 1536]),
+}
+
+# The DPT head's width for every ViT preset: the release's for DINOv2, and for DINOv3 those of the DINOv2
+# encoder of the same width (S and S+: 384 wide as DINOv2-S; B: DINOv2-B; L and H+: DINOv2-L's head; 7B: DINOv2-g's).
+DPT_HEADS = {
+    **RELEASE_DPT_HEADS,
+    "dinov3_small": RELEASE_DPT_HEADS["dinov2_small"],
+    "dinov3_small_plus": RELEASE_DPT_HEADS["dinov2_small"],
+    "dinov3_base": RELEASE_DPT_HEADS["dinov2_base"],
+    "dinov3_large": RELEASE_DPT_HEADS["dinov2_large"],
+    "dinov3_huge_plus": RELEASE_DPT_HEADS["dinov2_large"],
+    "dinov3_7b": RELEASE_DPT_HEADS["dinov2_giant"],
 }
 
 

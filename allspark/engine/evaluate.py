@@ -15,7 +15,7 @@ __all__ = ["class_scores", "predict", "sliding_window", "window_grid", "center_c
 
 def logits_at_any_size(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
     """``model(img)`` for an image of any size. A model that takes only multiples of
-    ``model.input_multiple`` (patch-14 encoders) gets the image resized bilinearly (align_corners True)
+    ``model.input_multiple`` (patch encoders: 14 for DINOv2, 16 for DINOv3) gets the image resized bilinearly (align_corners True)
     to the nearest multiples (int(H / m + 0.5) * m) and its logits resized back the same way, as UniMatch
     V2's evaluation does; other models get the image as it is."""
     m = getattr(model, "input_multiple", None)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import IGNORE_INDEX, ConfigError
-from ..models.builder import ALIASES
+from ..models.builder import ALIASES, encoder_patch_size
 
 __all__ = ["Method", "sgd_two_groups", "adamw_two_groups", "label_accuracy", "to_device", "PSEUDO_ACCURACY"]
 
@@ -96,6 +96,10 @@ class Method:
             wanted = " or ".join(repr(d) for d in cls.decoders)
             raise ConfigError(f"{source}: method {cls.name!r} trains the {wanted} decoder, but model.decoder.type "
                               f"is {decoder.get('type')!r}")
+        patch = encoder_patch_size(cfg["model"])
+        if patch and cfg["crop_size"] % patch:
+            raise ConfigError(f"{source}: crop_size {cfg['crop_size']} must be a multiple of the encoder's patch size "
+                              f"{patch} ({cfg['model']['backbone'].get('type')}), e.g. {cfg['crop_size'] // patch * patch}")
 
     @classmethod
     def configure_model(cls, cfg: dict, model: nn.Module) -> None:

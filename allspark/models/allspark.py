@@ -280,7 +280,7 @@ class AllSparkDecoder(nn.Module):
         if head not in ("segformer", "dpt"):
             raise ValueError(f"AllSpark: head must be 'segformer' or 'dpt', got {head!r}")
         if head == "dpt" and (patch_size is None or len(set(in_planes)) != 1):
-            raise ValueError("AllSpark: head 'dpt' needs a patch encoder (dinov2*) whose four maps have one width")
+            raise ValueError("AllSpark: head 'dpt' needs a patch encoder (dinov2*, dinov3*) whose four maps have one width")
         self.warmup_epoch = warmup_epoch
         self.head_type = head
         self.allspark = AllSpark(in_planes[-1], num_heads, num_class, memory_tokens(image_size, patch_size),

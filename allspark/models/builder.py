@@ -9,22 +9,23 @@ The release's dotted type names (``model.backbone.mit.mit_b5``, ``model.semseg.a
 ``model.semseg.semidec_base.SemiDecoder``) are accepted as aliases, so its config files build unchanged.
 """
 import inspect
-from typing import Union
+from typing import Optional, Union
 
 import torch.nn as nn
 
 from ..config import ConfigError
-from . import dinov2, mit
+from . import dinov2, dinov3, mit
 from .allspark import AllSparkDecoder
 from .dpt import DPT, DPTHead, tokens_to_maps
 from .resize import resize_bilinear
 from .segformer_head import SegFormerDecoder
 from .weights import PRETRAINED_FILES, load_pretrained_backbone
 
-__all__ = ["Segmentor", "build_model", "BACKBONES", "DECODERS", "ALIASES"]
+__all__ = ["Segmentor", "build_model", "encoder_patch_size", "BACKBONES", "DECODERS", "ALIASES"]
 
 BACKBONES = {"mit": mit.MixVisionTransformer, **{name: getattr(mit, name) for name in mit.MIT_PRESETS},
-             "dinov2": dinov2.DINOv2, **{name: getattr(dinov2, name) for name in dinov2.DINOV2_PRESETS}}
+             "dinov2": dinov2.DINOv2, **{name: getattr(dinov2, name) for name in dinov2.DINOV2_PRESETS},
+             "dinov3": dinov3.DINOv3, **{name: getattr(dinov3, name) for name in dinov3.DINOV3_PRESETS}}
 DECODERS = {"allspark": AllSparkDecoder, "segformer": SegFormerDecoder, "dpt": DPTHead}
 ALIASES = {
     **{f"model.backbone.mit.{name}": name for name in mit.MIT_PRESETS},
@@ -33,7 +34,7 @@ ALIASES = {
 }
 # Keywords every backbone accepts besides its constructor's: where to take pretrained weights from.
 _BACKBONE_EXTRA = ("pretrained",)
-# Constructor arguments the builder takes from the encoder, not from the config.
+# Decoder constructor arguments the builder takes from the encoder, not from the config.
 _FROM_BACKBONE = ("in_channels", "patch_size")
 
 
@@ -68,10 +69,10 @@ class Segmentor(nn.Module):
         return resize_bilinear(logits, x.shape[-2:])
 
 
-def _signature(factory):
+def _signature(factory, exclude=()):
     # The presets forward their keywords to the class they name in ``target``.
     target = getattr(factory, "target", factory)
-    params = [p for p in inspect.signature(target).parameters.values() if p.name not in _FROM_BACKBONE]
+    params = [p for p in inspect.signature(target).parameters.values() if p.name not in exclude]
     accepted = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     supplied = getattr(factory, "preset", {})
     required = [p.name for p in params
@@ -79,7 +80,7 @@ def _signature(factory):
     return accepted, required
 
 
-def _parse_section(model_cfg, part, registry, extra=()):
+def _parse_section(model_cfg, part, registry, extra=(), exclude=()):
     """Validate ``model.<part>`` and return (type name, kwargs) with aliases resolved."""
     where = f"model.{part}"
     section = model_cfg.get(part)
@@ -97,7 +98,7 @@ def _parse_section(model_cfg, part, registry, extra=()):
     kwargs = section.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{where}.kwargs must be a mapping, got {kwargs!r}")
-    accepted, required = _signature(registry[name])
+    accepted, required = _signature(registry[name], exclude)
     accepted = accepted + list(extra)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -106,6 +107,19 @@ def _parse_section(model_cfg, part, registry, extra=()):
     if missing:
         raise ConfigError(f"{where}.kwargs: missing keyword(s) {missing} for type {name!r}")
     return name, dict(kwargs)
+
+
+def encoder_patch_size(model_cfg: dict) -> Optional[int]:
+    """The patch size of the encoder a ``model:`` section builds (its inputs' sides must be multiples of it), or
+    None for an encoder that takes any size (MiT) or a section this function cannot read (build_model says why)."""
+    section = model_cfg.get("backbone") if isinstance(model_cfg, dict) else None
+    if not isinstance(section, dict):
+        return None
+    factory = BACKBONES.get(ALIASES.get(section.get("type"), section.get("type")))
+    target = getattr(factory, "target", factory)
+    if not hasattr(target, "patch_size_for"):
+        return None
+    return target.patch_size_for({**getattr(factory, "preset", {}), **(section.get("kwargs") or {})})
 
 
 def build_model(model_cfg: dict) -> Union["Segmentor", DPT]:
@@ -119,7 +133,7 @@ def build_model(model_cfg: dict) -> Union["Segmentor", DPT]:
     if unknown:
         raise ConfigError(f"model: unknown key(s) {unknown}; expected 'backbone' and 'decoder'")
     bb_name, bb_kwargs = _parse_section(model_cfg, "backbone", BACKBONES, _BACKBONE_EXTRA)
-    dec_name, dec_kwargs = _parse_section(model_cfg, "decoder", DECODERS)
+    dec_name, dec_kwargs = _parse_section(model_cfg, "decoder", DECODERS, exclude=_FROM_BACKBONE)
     pretrained = bb_kwargs.pop("pretrained", False)
     try:
         backbone = BACKBONES[bb_name](**bb_kwargs)
@@ -127,7 +141,7 @@ def build_model(model_cfg: dict) -> Union["Segmentor", DPT]:
         raise ConfigError(f"model.backbone ({bb_name}): {exc}") from None
     if dec_name == "dpt":
         if not hasattr(backbone, "patch_size"):
-            raise ConfigError(f"model.decoder.type dpt needs a patch encoder (dinov2*), got {bb_name!r}")
+            raise ConfigError(f"model.decoder.type dpt needs a patch encoder (dinov2*, dinov3*), got {bb_name!r}")
         try:
             model = DPT(backbone, DPTHead(in_channels=backbone.embed_dim, **dec_kwargs))
         except (TypeError, ValueError) as exc:

@@ -53,6 +53,7 @@ class DINOv2(VisionTransformer):
     """
 
     has_unused_parameters = True  # mask_token gets no gradient (DDP must be told)
+    hub_family = "dinov2"  # the Hugging Face hub's layout of its weights (facebook/dinov2-*), allspark.models.hub
 
     def __init__(self, embed_dim, depth, num_heads, layers, mlp_ratio=4.0, ffn="mlp", img_size=518,
                  init_values=1.0, drop_path_rate=0.0, interpolate_offset=0.1, interpolate_antialias=False):
@@ -75,6 +76,11 @@ class DINOv2(VisionTransformer):
         self.patch_size = PATCH_SIZE
         self.interpolate_offset = interpolate_offset
         self.interpolate_antialias = interpolate_antialias
+
+    @staticmethod
+    def patch_size_for(kwargs):
+        """The patch size a model built with ``kwargs`` has (DINOv2's is fixed)."""
+        return PATCH_SIZE
 
     @property
     def embed_dims(self):

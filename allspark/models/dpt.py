@@ -124,8 +124,8 @@ def complementary_dropout_mask(batch, dim, generator=None):
 
 
 class DPT(nn.Module):
-    """UniMatch V2's model: a patch-14 encoder (``backbone``) returning four token maps, the DPT ``head``,
-    and a bilinear resize (align_corners True) of the logits to (14 h, 14 w).
+    """UniMatch V2's model: a patch encoder (``backbone``, patch p: 14 for DINOv2, 16 for DINOv3) returning four
+    token maps, the DPT ``head``, and a bilinear resize (align_corners True) of the logits to (p h, p w).
 
     ``forward(x)``: x (B, 3, H, W), H and W multiples of the patch size -> (B, num_class, H, W).
     ``forward(cat(s1, s2), comp_drop=True)``: the two strong views of B images; every token of image i

@@ -137,6 +137,8 @@ class MixVisionTransformer(nn.Module):
     stage maps [(B, C_i, ceil(H / s_i), ceil(W / s_i))] for strides s = 4, 8, 16, 32 (sizes as the
     overlapping convolutions give them)."""
 
+    hub_family = "mit"  # the Hugging Face hub's layout of its weights (nvidia/mit-b*), allspark.models.hub
+
     def __init__(self, in_chans=3, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4),
                  qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, depths=(3, 4, 6, 3),
                  sr_ratios=(8, 4, 2, 1)):

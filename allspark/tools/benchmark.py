@@ -16,6 +16,7 @@ peak allocation and its host synchronisations.
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -26,7 +27,7 @@ import warnings
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..config import AMP_MODES, RELEASE_DPT_HEADS, load_training_config
+from ..config import AMP_MODES, DPT_HEADS, load_training_config
 from ..engine.dist import DistEnv
 from ..engine.speed import autocast
 from ..engine.trainer import Trainer
@@ -34,6 +35,9 @@ from ..models import MIT_PRESETS
 from ..models.allspark import ATTENTION_PATHS, DEFAULT_ATTENTION
 from ..models.builder import ALIASES
 from ..models.dinov2 import DINOV2_PRESETS
+from ..models.dinov3 import DINOV3_PRESETS
+
+VIT_PRESETS = {**DINOV2_PRESETS, **DINOV3_PRESETS}
 
 __all__ = ["run_benchmark", "build_trainer", "count_host_syncs", "step_peak_memory_mb", "main"]
 
@@ -45,21 +49,24 @@ def _is_allspark(decoder):
 
 def model_section(cfg, crop, backbone=None, num_class=None, attention=None):
     """The config's model section for timing: random weights (they time the same), ``backbone`` (a preset,
-    with its own keywords and the decoder's widths to match: the release's DPT head for a DINOv2 preset under
-    ``dpt``), ``num_class``, AllSpark's ``attention`` path and S-Mem sized for ``crop``."""
+    with its own keywords and the decoder's widths to match: for a DINOv2 or DINOv3 preset the DPT head of
+    :data:`allspark.config.DPT_HEADS`, under ``dpt`` or AllSpark's ``head: dpt``), ``num_class``, AllSpark's
+    ``attention`` path and S-Mem sized for ``crop``."""
     section = copy.deepcopy(cfg["model"])
     encoder, decoder = section["backbone"], section["decoder"]
     encoder.setdefault("kwargs", {})["pretrained"] = False
     if backbone:
         encoder["type"], encoder["kwargs"] = backbone, {"pretrained": False}
+        kwargs = decoder["kwargs"]
         if backbone in MIT_PRESETS:
-            decoder["kwargs"]["in_planes"] = list(MIT_PRESETS[backbone]["embed_dims"])
-        elif decoder["type"] == "dpt":
-            features, out_channels = RELEASE_DPT_HEADS[backbone]
-            decoder["kwargs"].update(features=features, out_channels=list(out_channels))
-        elif "in_planes" in decoder["kwargs"]:  # a DINOv2 preset under the allspark / segformer decoders
-            preset = DINOV2_PRESETS[backbone]
-            decoder["kwargs"]["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
+            kwargs["in_planes"] = list(MIT_PRESETS[backbone]["embed_dims"])
+        else:
+            if "in_planes" in kwargs:  # the allspark / segformer decoders on a ViT
+                preset = VIT_PRESETS[backbone]
+                kwargs["in_planes"] = [preset["embed_dim"]] * len(preset["layers"])
+            if decoder["type"] == "dpt" or kwargs.get("head") == "dpt":
+                features, out_channels = DPT_HEADS[backbone]
+                kwargs.update(features=features, out_channels=list(out_channels))
     if num_class:
         decoder["kwargs"]["num_class"] = num_class
     if _is_allspark(decoder):
@@ -91,6 +98,9 @@ def step_peak_memory_mb(fn, device):
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    # the profiler's C++ side (kineto) logs its start, stop and, without a GPU, a failed device query to
+    # stderr at every use; level 6 keeps it quiet unless the user asked for its logs
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     try:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import Action  # (a private module: guarded, as its use below)
@@ -261,8 +271,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="per half (labeled and unlabeled); config's by default")
     parser.add_argument("--crop", type=int, default=None, help="square input size; the config's crop_size by default")
     parser.add_argument("--memory", default="on", choices=["on", "off"], help="S-Mem replaces keys and values")
-    parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS) + sorted(DINOV2_PRESETS),
-                        help="override the encoder (MiT presets for MiT configs, DINOv2 presets for DINOv2 ones)")
+    parser.add_argument("--backbone", default=None, choices=sorted(MIT_PRESETS) + sorted(VIT_PRESETS),
+                        help="override the encoder (MiT presets for MiT configs, DINOv2 / DINOv3 presets for ViT ones)")
     parser.add_argument("--num-class", type=int, default=None, help="override the class count")
     parser.add_argument("--activation-checkpointing", default=None, action=argparse.BooleanOptionalAction,
                         help="recompute the encoder's blocks in backward (the config's activation_checkpointing by default)")
