@@ -14,15 +14,18 @@ LAYERS = {
     "methods": {"config", "foundation", "models", "data"},
     "engine": {"config", "foundation", "models", "data", "methods"},
     "tools": {"config", "foundation", "models", "data", "methods", "engine"},
+    "entry": {"tools"},  # allspark/selfcheck.py, summarize.py: `python -m allspark.selfcheck`, `... summarize`
 }
 FOUNDATION = {"rng", "files", "compat", "__init__"}
+ENTRY = {"selfcheck", "summarize"}
 
 
 def layer_of(module):
     """'config', 'models', ... for a module path relative to allspark/ (a tuple of parts)."""
     head = module[0]
     if len(module) == 1:
-        return "foundation" if head.removesuffix(".py") in FOUNDATION else head.removesuffix(".py")
+        name = head.removesuffix(".py")
+        return "foundation" if name in FOUNDATION else "entry" if name in ENTRY else name
     return head
 
 
