@@ -1,19 +1,21 @@
 # Sourced (by bash, from the project root) by train.sh and slurm_train.sh to read their arguments:
-#   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--time-limit D] [--dry-run] [key=value ...]
+#   NGPUS PORT [dataset] [method] [split] [--config FILE] [--save-path DIR] [--seeds 0,1,2] [--time-limit D] [--dry-run] [key=value ...]
 #   dataset: pascal | cityscapes | coco | ade20k | toy | a dataset of your own (with --config)
 #   method:  a config under configs/<dataset>_<method>.yaml (allspark, unimatch_v2, allspark_dinov2,
 #            baseline_semi, baseline_sup, ...) or train.py's method names (allspark, unimatch_v2, semi, sup);
 #            with --config, train.py's --method (default: the config's own method)
 #   split:   a folder under splits/<dataset>/ (default: pascal 1464, cityscapes 1_16, coco 1_512, ade20k 1_64),
 #            or the path of any folder that holds labeled.txt and unlabeled.txt
+#   --seeds:   one run per seed, one after the other, each in <save path>/seed<k>/ (default: one run, seed 0)
 #   key=value: config overrides, passed to train.py as --opts (e.g. epochs=2 batch_size=1 amp=bf16)
-# Sets: ngpus port dataset method split config save_path log train_args (train.py and its arguments).
+# Sets: ngpus port dataset method split config save_path seeds; set_run [SEED] sets run_path, log and train_args
+# (train.py and its arguments) for one run.
 # Checks the arguments and the split lists before anything is written; the run's log is
 # <save path>/<time>.log. The scripts exit with train.py's status (0 done, 2 a clear error, 3 stopped with a
 # checkpoint: preempted, signalled or out of time; slurm_train.sh then requeues the job).
 
 usage() {
-  sed -n '2,9p' scripts/common.sh | sed 's/^#   //' | sed "1s|^|usage: $(basename "$0") |"
+  sed -n '2,10p' scripts/common.sh | sed 's/^#   //' | sed "1s|^|usage: $(basename "$0") |"
 }
 
 die() {
@@ -26,6 +28,7 @@ overrides=()
 config=""
 save_path=""
 time_limit=""
+seeds=""
 dry_run=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +36,8 @@ while [ $# -gt 0 ]; do
     --config=*) config=${1#*=}; shift ;;
     --save-path) [ $# -ge 2 ] || die "--save-path needs a folder"; save_path=$2; shift 2 ;;
     --save-path=*) save_path=${1#*=}; shift ;;
+    --seeds) [ $# -ge 2 ] || die "--seeds needs a list, e.g. 0,1,2"; seeds=$2; shift 2 ;;
+    --seeds=*) seeds=${1#*=}; shift ;;
     --time-limit) [ $# -ge 2 ] || die "--time-limit needs a duration"; time_limit=$2; shift 2 ;;
     --time-limit=*) time_limit=${1#*=}; shift ;;
     --dry-run) dry_run=1; shift ;;
@@ -106,23 +111,38 @@ if [ ! -f "$unlabeled_id_path" ] && [ "$dataset" = coco ]; then
 fi
 
 save_path=${save_path:-exp/$dataset/$name/$split}
-log=$save_path/$(date +"%Y%m%d_%H%M%S").log
-train_args=(train.py --config="$config" "${method_args[@]}" --labeled-id-path "$labeled_id_path"
-            --unlabeled-id-path "$unlabeled_id_path" --save-path "$save_path" --port "$port")
-if [ -n "$time_limit" ]; then
-  train_args+=(--time-limit "$time_limit")
+seed_list=("")  # one run in the save path itself
+if [ -n "$seeds" ]; then
+  case "$seeds" in *[!0-9,]*|,*|*,|*,,*) die "--seeds must be a comma-separated list of numbers, e.g. 0,1,2; got '$seeds'" ;; esac
+  IFS=, read -r -a seed_list <<< "$seeds"
 fi
-if [ ${#overrides[@]} -gt 0 ]; then
-  train_args+=(--opts "${overrides[@]}")
-fi
+
+set_run() {  # set_run [SEED]: run_path, log and train_args of one run (with a seed: its seed<k> subfolder)
+  run_path=$save_path
+  local seed_args=()
+  if [ -n "${1:-}" ]; then
+    run_path=$save_path/seed$1
+    seed_args=(--seed "$1")
+  fi
+  log=$run_path/$(date +"%Y%m%d_%H%M%S").log
+  train_args=(train.py --config="$config" "${method_args[@]}" --labeled-id-path "$labeled_id_path"
+              --unlabeled-id-path "$unlabeled_id_path" --save-path "$run_path" --port "$port" "${seed_args[@]}")
+  if [ -n "$time_limit" ]; then
+    train_args+=(--time-limit "$time_limit")
+  fi
+  if [ ${#overrides[@]} -gt 0 ]; then
+    train_args+=(--opts "${overrides[@]}")
+  fi
+}
 
 run_logged() {  # run "$@" with its output tee'd to $log; sets $status to its exit status (not tee's)
   if [ "$dry_run" = 1 ]; then
     printf '%q ' "$@"
     echo
-    exit 0
+    status=0
+    return
   fi
-  mkdir -p "$save_path"
+  mkdir -p "$run_path"
   set +e
   "$@" 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}

@@ -3,7 +3,7 @@ from typing import Any, NamedTuple, Optional
 
 import copy
 
-from .constants import AMP_MODES, EVAL_MODES, IGNORE_INDEX, REDUCE_ZERO_LABEL
+from .constants import AMP_MODES, EVAL_MODES, IGNORE_INDEX, LR_SCALINGS, REDUCE_ZERO_LABEL
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "DATA_KEYS", "check_config", "check_keys", "check_dataset_description"]
 
@@ -58,6 +58,10 @@ SCHEMA = {
     "compile": Key(types=bool, default=False),
     # recompute the encoder blocks' activations in backward instead of keeping them: less memory, same numbers
     "activation_checkpointing": Key(types=bool, default=False),
+    # the total batch the recipe's learning rates were tuned for (the release's GPUs x batch_size per GPU, per
+    # half: labeled, and as many unlabeled); lr_scaling: linear multiplies lr by (batch_size x processes) / it
+    "reference_batch": Key(types=int),
+    "lr_scaling": Key(default="none", allowed=LR_SCALINGS),
 }
 
 DATA_KEYS = ("dataset", "data_root", "val_id_path", "nclass", "classes", "palette", "ignore_index", "reduce_zero_label")
@@ -92,6 +96,11 @@ def check_config(cfg: dict, source: str = "config", extra: Optional[dict] = None
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(schema)}")
     out = check_keys(cfg, schema, source)
+    if out["reference_batch"] is not None and out["reference_batch"] < 1:
+        raise ConfigError(f"{source}: reference_batch must be positive, got {out['reference_batch']}")
+    if out["lr_scaling"] != "none" and out["reference_batch"] is None:
+        raise ConfigError(f"{source}: lr_scaling: {out['lr_scaling']} needs reference_batch (the total batch the "
+                          f"lr was tuned for: the release's GPUs x batch_size)")
     for name in ("crop_size", "epochs", "batch_size", "prefetch_factor"):
         if out[name] < 1:
             raise ConfigError(f"{source}: {name} must be positive, got {out[name]}")

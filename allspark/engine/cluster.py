@@ -17,7 +17,7 @@ import torch
 from ..config import PROJECT_ROOT, ConfigError
 from ..files import WriteError
 
-__all__ = ["EXIT_PREEMPTED", "EXIT_ORPHANED", "RunLock", "RunLockedError", "watch_parent", "StopRequest",
+__all__ = ["EXIT_PREEMPTED", "EXIT_ORPHANED", "RunLock", "RunLockedError", "lock_held", "watch_parent", "StopRequest",
            "parse_duration", "provenance"]
 
 logger = logging.getLogger("allspark")
@@ -70,6 +70,21 @@ class RunLock:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+
+
+def lock_held(save_path) -> bool:
+    """Whether a live process holds ``<save path>/.lock`` (a run in progress); False where there is no lock file
+    or the file system has no locks."""
+    path = Path(save_path) / ".lock"
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def watch_parent(interval=0.5):

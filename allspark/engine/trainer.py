@@ -30,9 +30,10 @@ from .evaluate import evaluate
 from .loaders import build_loaders, epoch_seed, shutdown_loaders
 from .logger import AverageMeter, TensorBoard, format_iou_table, setup_logger
 from .losses import build_criterion
+from .records import append_epoch_record, write_run_record
 from .speed import autocast, compile_model, configure_backends, grad_scaler
 
-__all__ = ["Trainer", "main", "poly_lr", "set_lr", "make_save_path"]
+__all__ = ["Trainer", "main", "poly_lr", "set_lr", "scaled_lr", "make_save_path"]
 
 logger = logging.getLogger("allspark")
 
@@ -45,6 +46,31 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, lr_multi: float) -> None
     """Group 0 (the backbone) at ``lr``, group 1 (the rest) at ``lr x lr_multi``."""
     optimizer.param_groups[0]["lr"] = lr
     optimizer.param_groups[1]["lr"] = lr * lr_multi
+
+
+def scaled_lr(cfg: dict, world_size: int) -> float:
+    """The base lr of a run of ``world_size`` processes: the config's ``lr``, times (batch_size x world_size)
+    / ``reference_batch`` with ``lr_scaling: linear`` (mmsegmentation's auto_scale_lr rule)."""
+    if cfg["lr_scaling"] == "linear":
+        return cfg["lr"] * cfg["batch_size"] * world_size / cfg["reference_batch"]
+    return cfg["lr"]
+
+
+def describe_batch(cfg: dict, world_size: int, lr: float, halves: int) -> str:
+    """The log line on the run's total batch against the recipe's and the lrs used."""
+    total = cfg["batch_size"] * world_size
+    batch = f"{total} labeled" + (f" + {total} unlabeled" if halves == 2 else "")
+    line = f"batch: {batch} ({cfg['batch_size']} per process x {world_size})"
+    reference = cfg["reference_batch"]
+    if reference is None:
+        line += "; the config names no reference_batch"
+    else:
+        line += f"; the recipe's: {reference}" + (" (the same)" if reference == total else f" ({total / reference:g}x)")
+    scaling = "" if cfg["lr_scaling"] == "none" else f" (x {total}/{reference}, lr_scaling: linear)"
+    line += f"; lr {lr:g}{scaling}, head lr {lr * cfg['lr_multi']:g}"
+    if cfg["lr_scaling"] == "none" and reference not in (None, total):
+        line += "; lr_scaling: linear would scale the lrs with the batch"
+    return line
 
 
 def make_save_path(path) -> Path:
@@ -108,15 +134,22 @@ class Trainer:
             self.model, self.net = self._build_model(model)
             self.method = self.method_cls.from_config(cfg, self.model, build_criterion(cfg["criterion"]))
             self.loaders = loaders if loaders is not None else self._build_loaders(labeled_list, unlabeled_list)
+            self.lr = scaled_lr(cfg, self.env.world_size)
+            logger.info(describe_batch(cfg, self.env.world_size, self.lr, 1 if self.method_cls.unlabeled_mode is None else 2))
             self.iters_per_epoch = len(self.loaders["u" if "u" in self.loaders else "l"])
             self.total_iters = self.iters_per_epoch * cfg["epochs"]
             self.log_keys = self._log_keys()
             self.optimizer, self.scaler = self._build_optimisation()
             self.tb, self.provenance = self._build_logging()
+            if self.env.is_main and self.save_path is not None:
+                write_run_record(self.save_path, cfg, str(config_path) if Path(str(config_path)).is_file() else None,
+                                 labeled_list, unlabeled_list, seed, self.env.world_size, self.lr)
         except BaseException:
             self.close()  # (the lock, and loaders already built)
             raise
         self.best = {}  # eval tag -> (best mIoU, its epoch)
+        self.epoch_losses: Dict[str, float] = {}  # the last epoch's mean of each logged value (this process's steps)
+        self.ious: Dict[str, list] = {}  # eval tag -> the last evaluation's per-class IoU
 
     # ---- builders ---------------------------------------------------------------------------------------
 
@@ -198,7 +231,7 @@ class Trainer:
         return dict(self.method.log_keys)
 
     def _build_optimisation(self):
-        return (self.method.build_optimizer(self.model, self.cfg["lr"], self.cfg["lr_multi"]),
+        return (self.method.build_optimizer(self.model, self.lr, self.cfg["lr_multi"]),
                 grad_scaler(self.env.device, self.cfg["amp"]))
 
     def _build_logging(self):
@@ -226,7 +259,7 @@ class Trainer:
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        set_lr(self.optimizer, poly_lr(self.cfg["lr"], iters, self.total_iters), self.cfg["lr_multi"])
+        set_lr(self.optimizer, poly_lr(self.lr, iters, self.total_iters), self.cfg["lr_multi"])
         self.method.after_step(self.model, iters)
         return torch.stack([losses[k] for k in self.log_keys]).detach()
 
@@ -269,6 +302,7 @@ class Trainer:
                 logger.info(f"Iters: {i}/{n}, {shown}, lr: {lr:.6f}, {images_per_iter / per_iter:.1f} img/s, "
                             f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
             self.stop.took(time.monotonic() - step_start)
+            self.epoch_losses = {k: meters[k].avg for k in self.log_keys}
             if i + 1 < n and self.stop_requested():
                 return i + 1
         return n
@@ -290,6 +324,7 @@ class Trainer:
             for name, iou in zip(names, ious):
                 self.tb.scalar(f"eval/IoU_{name.replace(' ', '_')}{suffix}", iou, epoch)
             scores[tag] = miou
+            self.ious[tag] = [float(v) for v in ious]
         return scores
 
     # ---- checkpoints ------------------------------------------------------------------------------------
@@ -397,17 +432,32 @@ class Trainer:
             best = ", ".join(f"{tag.upper() or 'Previous best'}: {score:.2f} @epoch-{ep}" for tag, (score, ep) in
                              ((tag, self.best.get(tag, (0.0, 0))) for tag, _ in self.method.eval_models(self.model)))
             logger.info(f"===========> Epoch: {epoch}, LR: {self.optimizer.param_groups[0]['lr']:.5f}, {best}")
+            epoch_start = time.monotonic()
             steps = self.train_epoch(epoch, start, rng)
             start, rng = 0, None
             if steps < self.iters_per_epoch or self.stop_requested():  # (before the evaluation: it may take long)
                 self.save_interrupted(epoch, steps)
                 self._exit_preempted(epoch, steps)
             began = time.monotonic()
-            self.save(epoch, self.validate(epoch))
+            scores = self.validate(epoch)
+            self.save(epoch, scores)
+            self.record_epoch(epoch, scores, time.monotonic() - epoch_start)
             self.stop.took(time.monotonic() - began)
             if epoch + 1 < self.cfg["epochs"] and self.stop_requested():
                 self._exit_preempted(epoch)
         return self.best.get("", (0.0, 0))[0]
+
+    def record_epoch(self, epoch: int, scores: Dict[str, float], seconds: float) -> None:
+        """One line of ``metrics.jsonl`` (rank 0, with a save path): the epoch, the mIoU and per-class IoU of
+        every evaluated model, the mean of each logged training value, the lr, and the epoch's seconds
+        (training, from where a resumed run started it, and evaluation)."""
+        if not (self.env.is_main and self.save_path is not None):
+            return
+        record = {"epoch": epoch, "epochs": self.cfg["epochs"], "seconds": round(seconds, 3),
+                  "lr": self.optimizer.param_groups[0]["lr"], "train": self.epoch_losses,
+                  "miou": scores, "iou": {tag: self.ious.get(tag) for tag in scores},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_epoch_record(self.save_path, record)
 
     def _exit_preempted(self, epoch, steps=None):
         """Log the stop and leave with EXIT_PREEMPTED (the checkpoint is written)."""
