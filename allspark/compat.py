@@ -11,8 +11,8 @@ __all__ = ["TORCH_FLOOR", "COMPILE_FLOOR", "TorchVersionError", "torch_older_tha
 # AllSpark's map_in produce: its training losses turn NaN (fixed in 2.2).
 TORCH_FLOOR = "2.2"
 # The oldest torch whose compiled training step matches the eager one (tests/test_speed_options.py): the
-# compilers of 2.2.2 and 2.3.1 wrote S-Mem contents up to 2e-3 off on the CPU (1e-6 noise in every weight moves
-# them by 2e-5 in eager mode), where 2.4.1 and later agree to 3e-6.
+# compilers of 2.2.2 and 2.3.1 write S-Mem contents on the CPU that differ from eager mode's far more than
+# rounding noise in the weights moves them; from 2.4.1 on the two agree to rounding.
 COMPILE_FLOOR = "2.4"
 
 
@@ -46,8 +46,8 @@ def check_compile(version=None):
 
 # torch before 2.8 destroys a process group with the GIL held and, for gloo, joins its worker threads there; a
 # worker still releasing the tensors of a finished collective needs the GIL, so both can wait forever
-# (pytorch/pytorch#154976 released the GIL from 2.8 on). Seen here as two-process gloo runs on torch 2.4.1
-# hanging after their last checkpoint, at random.
+# (pytorch/pytorch#154976 released the GIL from 2.8 on). On torch 2.4.1 it shows as two-process gloo runs
+# that hang after their last checkpoint, at random.
 GLOO_DESTRUCTOR_HOLDS_GIL = torch_older_than("2.8")
 
 

@@ -15,10 +15,10 @@ from ..compat import autocast_enabled
 
 __all__ = ["score_std", "fused_attention", "chunked_attention", "ChunkedAttention", "key_chunks"]
 
-# weights of one key chunk (queries x chunk keys) on the CPU: 4 MiB in fp32, so that the element-wise passes
-# over a chunk (exp, sums, dropout) stay in the cache; measured on the 2-core CPU (forward + backward of
-# the 81-class cross-attention without dropout): 2^24 -> 2^20 elements took 3.75 s -> 1.87 s, 2^18 was
-# slower again. On a GPU larger chunks (64 MiB) keep the kernels few and large.
+# weights of one key chunk (queries x chunk keys) on the CPU: 2^20 elements, 4 MiB in fp32, so that the
+# element-wise passes over a chunk (exp, sums, dropout) stay in the cache; larger chunks leave it, and smaller
+# ones add more, smaller matrix products. On a GPU larger chunks (2^24 elements, 64 MiB) keep the kernels few
+# and large.
 CHUNK_ELEMENTS = 2 ** 20
 GPU_CHUNK_ELEMENTS = 2 ** 24
 

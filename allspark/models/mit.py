@@ -23,11 +23,10 @@ class DWConv(nn.Module):
     """3x3 depth-wise convolution on a token sequence: (B, N, C) -> (B, N, C), N = H * W.
 
     It convolves the channels-last view of the tokens, where the release copied them to a contiguous map
-    first: on the CPU the depth-wise convolution measured faster channels-last at the stage-1 sizes (4 x 256 x
-    65 x 65: forward 5 vs 37 ms, forward + backward 17-19 vs 46-65 ms). Its weight gradient then comes back
-    channels-last, strides (9, 1, 3, 1): the memory order of a contiguous (C, 1, 3, 3) weight, but other
-    strides on the size-1 dimension, which DDP's bucket check reports. So the weight is held with those
-    strides (the same values and state-dict entry)."""
+    first: on the CPU the depth-wise convolution is faster channels-last at the stage-1 sizes, forward and
+    backward. Its weight gradient then comes back channels-last, strides (9, 1, 3, 1): the memory order of a
+    contiguous (C, 1, 3, 3) weight, but other strides on the size-1 dimension, which DDP's bucket check
+    reports. So the weight is held with those strides (the same values and state-dict entry)."""
 
     def __init__(self, dim):
         super().__init__()

@@ -92,7 +92,7 @@ def folded_segformer_head(head: SegFormerHead, feats):
         _, _, h, w = feat.shape
         x = F.linear(feat.flatten(2).transpose(1, 2), block @ mlp.proj.weight, block @ mlp.proj.bias)
         # (n, embed, h, w) as a channels-last view: on the CPU, bilinear resizing (forward + backward) of a
-        # batch of two or more images measured 2-3x faster in that layout than of contiguous maps
+        # batch of two or more images is faster in that layout than of contiguous maps
         # (resize_bilinear makes a single image contiguous)
         x = x.transpose(1, 2).view(n, -1, h, w)
         if (h, w) != (H, W):
@@ -101,8 +101,8 @@ def folded_segformer_head(head: SegFormerHead, feats):
     x = head.dropout(head.linear_fuse.activate(head.linear_fuse.bn(fused)))
     # the classifier as (K, embed) @ (n, embed, H W), which matmul folds into one product: contiguous logits, as
     # the release's (the loss would copy channels-last ones), and the weight gradient in the parameter's layout.
-    # (A baddbmm of the expanded weight, forward + backward 2x slower on the CPU, also got wrong gradients from
-    # torch 2.2's compiler.) The bias is added in place: no second logits-sized tensor, and under autocast the
+    # (A baddbmm of the expanded weight is slower forward + backward on the CPU, and torch 2.2's compiler gets
+    # its gradients wrong.) The bias is added in place: no second logits-sized tensor, and under autocast the
     # logits stay 16-bit.
     logits = torch.matmul(pred.weight.flatten(1), x.flatten(2)).add_(pred.bias[:, None])
     return logits.view(n, -1, H, W)
