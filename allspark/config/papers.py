@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from .loading import load_yaml
 
-__all__ = ["PAPER_RESULTS_FILE", "paper_results", "paper_result"]
+__all__ = ["PAPER_RESULTS_FILE", "paper_results", "paper_result", "results_table"]
 
 PAPER_RESULTS_FILE = Path(__file__).with_name("paper_results.yaml")
 
@@ -32,3 +32,26 @@ def paper_result(method: Optional[str], dataset: Optional[str], split: str, enco
             if value is not None:
                 return {"miou": float(value), "score": entry.get("score", "model"), "source": entry["source"]}
     return None
+
+
+_BENCHMARKS = {"pascal": "Pascal VOC", "cityscapes": "Cityscapes", "coco": "COCO", "ade20k": "ADE20K"}
+_PROTOCOLS = {"augmented": " (10,582, blended)", "u2pl": " (10,582, U2PL)"}
+_ENCODERS = {"mit_b5": "MiT-B5", "dinov2_small": "DINOv2-S", "dinov2_base": "DINOv2-B", "dinov2_large": "DINOv2-L"}
+_DEFAULT_ENCODER = {"allspark": "mit_b5", "unimatch_v2": "dinov2_small"}  # the shipped configs' encoders
+
+
+def results_table(path=PAPER_RESULTS_FILE) -> str:
+    """The README's results table (Markdown): per release, benchmark and encoder, the config that targets it and
+    the reported mIoU of each split; ¹ marks figures from the release's training logs, ² from the paper only."""
+    lines = ["| method | benchmark | encoder | config | reported mIoU by split |", "| --- | --- | --- | --- | --- |"]
+    for e in paper_results(path):
+        method = "AllSpark" if e["method"] == "allspark" else "UniMatch V2 (EMA)"
+        config = f"`configs/{e['dataset']}_{e['method']}.yaml`"
+        if e["encoder"] != _DEFAULT_ENCODER.get(e["method"]):
+            config += f" with `{e['encoder']}`"
+        digits = 2 if e["method"] == "allspark" else 1
+        splits = " · ".join(f"{split}: {miou:.{digits}f}" for split, miou in e["results"].items())
+        mark = " ¹" if "DERIVED FROM LOGS" in e["source"] else " ²" if "PAPER ONLY" in e["source"] else ""
+        benchmark = _BENCHMARKS[e["dataset"]] + _PROTOCOLS.get(e.get("protocol"), "")
+        lines.append(f"| {method} | {benchmark} | {_ENCODERS.get(e['encoder'], e['encoder'])} | {config} | {splits}{mark} |")
+    return "\n".join(lines)
