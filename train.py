@@ -1,6 +1,6 @@
 """Train AllSpark, UniMatch V2 or a baseline: python train.py --config C --labeled-id-path L --unlabeled-id-path U --save-path S
 
-One process, torchrun (scripts/train.sh) or srun (scripts/slurm_train.sh); see README."""
+One process, torchrun (scripts/train.sh) or srun (scripts/slurm_train.sh); see docs/training.md."""
 import argparse
 
 from allspark.engine.entry import run_main
@@ -9,7 +9,7 @@ from allspark.methods import METHODS
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Semi-supervised semantic segmentation: AllSpark and baselines")
+    parser = argparse.ArgumentParser(description="Semi-supervised semantic segmentation: AllSpark, UniMatch V2 and baselines")
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/pascal_allspark.yaml")
     parser.add_argument("--labeled-id-path", required=True, help="labeled split list")
     parser.add_argument("--unlabeled-id-path", default=None, help="unlabeled split list (not for method sup)")

@@ -1,7 +1,7 @@
 """Training configs: the schema, loading and checking, the releases' formats, and the registry of the
 methods' own keys. The bottom layer: it imports nothing else of the project.
 
-A config is a flat mapping of the release's keys plus a ``model:`` section (see README). Relative paths in
+A config is a flat mapping of the release's keys plus a ``model:`` section (see docs/training.md). Relative paths in
 it (``data_root``, ``val_id_path``) are taken relative to the project root, so a run does not depend on the
 working directory.
 """

@@ -34,7 +34,7 @@ SCHEMA = {
     "lr_multi": Key(True, _NUMBER),
     "criterion": Key(True, dict),
     "model": Key(True, dict),
-    # the dataset's description (a dataset of your own needs no code: see README)
+    # the dataset's description (a dataset of your own needs no code: docs/datasets.md)
     "classes": Key(types=list),  # class names, nclass of them (logs, per-class IoU)
     "palette": Key(types=list),  # [[r, g, b], ...] per class (predictions, visualisations)
     "ignore_index": Key(types=int, default=IGNORE_INDEX),  # the masks' ignore value, read as 255

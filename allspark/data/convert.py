@@ -1,4 +1,4 @@
-"""Turning the official downloads into the mask layouts the split lists expect (see the README's Data section);
+"""Turning the official downloads into the mask layouts the split lists expect (see docs/datasets.md);
 the command is ``python -m allspark.tools.convert``.
 
     # Pascal: SBD's class masks (benchmark_RELEASE/dataset/cls/*.mat) as PNGs beside VOC's own masks

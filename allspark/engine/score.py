@@ -59,7 +59,7 @@ def main(args):
         if args.mode:
             cfg["eval_mode"] = args.mode
         preflight(resolve_path(cfg["data_root"]), [(resolve_path(cfg["val_id_path"]), True)],
-                  hint=f" (data_root of {args.config}; see README: Data)")
+                  hint=f" (data_root of {args.config}; see docs/datasets.md)")
         entry = "model_ema" if getattr(args, "ema", False) else "model"
         model, ckpt = load_trained_model(cfg, args.checkpoint, env.device, entry, args.config)
         logger.info(f"checkpoint {args.checkpoint} ({entry}): epoch {ckpt.get('epoch', '?')}, eval mode {cfg['eval_mode']}, "

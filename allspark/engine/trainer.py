@@ -162,7 +162,7 @@ class Trainer:
         if needs_unlabeled:
             lists.insert(1, (unlabeled_list, False))  # unlabeled masks are optional
         checked = preflight(resolve_path(self.cfg["data_root"]), lists,
-                            hint=f" (data_root of {config_path}; see README: Data)")
+                            hint=f" (data_root of {config_path}; see docs/datasets.md)")
         logger.info(f"data: the {checked} files the lists name are there")
 
     def _claim_save_path(self, save_path):

@@ -159,7 +159,7 @@ class DINOv3(nn.Module):
     :meth:`intermediate_layers` also returns the normed class tokens (B, embed_dim). ``embed_dim``,
     ``embed_dims`` and ``patch_size`` tell the decoder what it gets.
 
-    ``rope_rescale_coords``: None (the default for fine-tuning, see README: DINOv3) or the release's 2.0, its
+    ``rope_rescale_coords``: None (the default for fine-tuning, see docs/models.md) or the release's 2.0, its
     pretraining augmentation: in train mode every block's RoPE coordinates are scaled by a factor drawn
     log-uniformly in [1/2, 2], the release's draws in its order.
     """

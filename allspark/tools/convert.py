@@ -1,4 +1,4 @@
-"""Make the masks the split lists expect from the official downloads (see the README's Data section).
+"""Make the masks the split lists expect from the official downloads (see docs/datasets.md).
 
     # Pascal: SBD's class masks (benchmark_RELEASE/dataset/cls/*.mat) as PNGs beside VOC's own masks
     python -m allspark.tools.convert sbd --sbd-root benchmark_RELEASE/dataset --out data/pascal/SegmentationClass

@@ -677,7 +677,7 @@ def parse_args(argv=None):
                                      description="Check this machine for training: numerics, the trainer, resume, "
                                                  "several processes, timings; one table, exit status 1 on a failure")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    parser.add_argument("--quick", action="store_true", help="skip compile and time one small model (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="skip compile and time one small model (about 15 s on a CPU)")
     parser.add_argument("--world-size", type=int, default=None,
                         help="processes for the distributed checks (default: the GPU count; 1 on the CPU)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run these sections only")
