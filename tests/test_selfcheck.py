@@ -176,3 +176,25 @@ def test_the_command_exits_non_zero_naming_the_failed_check(tmp_path, monkeypatc
     printed = capsys.readouterr().out
     assert "FAILED: numerics: DINOv3 + DPT, fp32 (TF32 off) vs CPU float64" in printed
     assert "DINOv3 + DPT, fp32 (TF32 off) vs CPU float64" in json.loads(out.read_text())["failed"]
+
+
+def test_a_compiled_step_that_drifts_from_eager_fails(tmp_path, monkeypatch):
+    """The comparison of the compiled steps (compiling itself takes minutes here: the CUDA run and the full CPU
+    run exercise it): a state 1 % off the eager one is a FAIL."""
+    def steps(method, family, data, device, compile_, steps=3):
+        state = {"model w": torch.ones(4) * (1.01 if compile_ else 1.0)}
+        return torch.ones(steps, 2), state
+
+    monkeypatch.setattr(S, "_steps", steps)
+    report = S.Report()
+    S.training(report, CPU, tmp_path, quick=False, runs=[("allspark", "AllSpark / MiT")], amps=())
+    (row,) = report.rows
+    assert row.check.startswith("allspark, compiled steps vs eager") and row.result == S.FAIL, row
+
+
+def test_a_torch_below_the_floor_fails_the_environment_check(monkeypatch):
+    monkeypatch.setattr(S, "torch_older_than", lambda floor, version=None: True)
+    report = S.Report()
+    S.environment(report, CPU)
+    rows = results(report)
+    assert rows["torch >= 2.2 (training)"] == S.FAIL and rows["torch >= 2.4 (compile: true)"] == S.INFO
