@@ -108,8 +108,9 @@ def test_killed_torchrun_leaves_no_worker(tmp_path, toy):
         wait_for_line(proc, "===========> Epoch: 1")
         workers = processes_with(str(save))
         assert len([p for p in workers if p != proc.pid]) >= 2
+        proc.stdout.close()  # whoever read the launcher's output is gone too: the workers' stderr is a broken pipe
         proc.send_signal(signal.SIGKILL)  # the launcher alone, as a node's OOM killer or a lost shell would
-        proc.communicate()
+        proc.wait()
         deadline = time.time() + 10
         while processes_with(str(save)) and time.time() < deadline:
             time.sleep(0.2)

@@ -97,8 +97,11 @@ def watch_parent(interval=0.5):
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
-                sys.stderr.write(f"[allspark] the launcher (pid {parent}) is gone: worker {os.getpid()} stops\n")
-                sys.stderr.flush()
+                try:  # the launcher's end of stderr may be closed with it: the exit must not depend on the write
+                    sys.stderr.write(f"[allspark] the launcher (pid {parent}) is gone: worker {os.getpid()} stops\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
                 os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="allspark-parent-watch", daemon=True).start()
