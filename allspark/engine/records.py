@@ -32,10 +32,8 @@ def write_run_record(save_path, config: dict, config_path: Optional[str], labele
 
 def append_epoch_record(save_path, record: dict) -> None:
     """Add one epoch's line to ``metrics.jsonl`` (a resumed run that evaluates an epoch again replaces its line)."""
-    path = Path(save_path) / METRICS_FILE
-    lines = [r for r in read_epoch_records(save_path) if r.get("epoch") != record["epoch"]] if path.exists() else []
-    lines.append(record)
-    _write_text(path, "".join(json.dumps(r) + "\n" for r in lines))
+    lines = [r for r in read_epoch_records(save_path) if r.get("epoch") != record["epoch"]] + [record]
+    _write_text(Path(save_path) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines))
 
 
 def read_run_record(save_path) -> Optional[dict]:

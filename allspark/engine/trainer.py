@@ -302,9 +302,9 @@ class Trainer:
                 logger.info(f"Iters: {i}/{n}, {shown}, lr: {lr:.6f}, {images_per_iter / per_iter:.1f} img/s, "
                             f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
             self.stop.took(time.monotonic() - step_start)
-            self.epoch_losses = {k: meters[k].avg for k in self.log_keys}
             if i + 1 < n and self.stop_requested():
                 return i + 1
+        self.epoch_losses = {k: meters[k].avg for k in self.log_keys}
         return n
 
     def stop_requested(self) -> bool:

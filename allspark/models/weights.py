@@ -174,9 +174,9 @@ def load_pretrained_backbone(backbone, spec, preset=None):
     key. Returns the path."""
     path = _resolve_pretrained(spec, preset)
     state = read_weights(path)
-    layout = "the release's names"
-    if is_hub_layout(state):
-        state, layout = from_hub(state, backbone.hub_family), "the Hugging Face hub's layout"
+    hub = is_hub_layout(state)
+    if hub:
+        state = from_hub(state, backbone.hub_family)
     state = _strip_prefix(state)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     pretraining = sorted(k for k in state if k.startswith(PRETRAINING_ONLY))
@@ -193,10 +193,11 @@ def load_pretrained_backbone(backbone, spec, preset=None):
     _check_buffers(path, state, backbone)
     buffers = dict(backbone.named_buffers())
     missing = [k for k in own if k not in state]
-    if layout != "the release's names":  # the hub's models compute these buffers (DINOv3's RoPE periods, bias mask)
+    if hub:  # the hub's models compute these buffers (DINOv3's RoPE periods, bias mask)
         missing = [k for k in missing if k not in buffers]
     unexpected = [k for k in state if k not in own]
     backbone.load_state_dict({k: state[k] for k in matched}, strict=False)
+    layout = "the Hugging Face hub's layout" if hub else "the release's names"
     logger.info("pretrained backbone %s (%s): %d loaded, %d missing, %d unexpected", path, layout, len(matched),
                 len(missing), len(unexpected))
     if pretraining:

@@ -153,7 +153,7 @@ def summarize(runs: Sequence[Run]) -> List[dict]:
                 key = f"{stat}{_suffix(tag)}"
                 group["mean"][key], group["std"][key] = _mean_std([row.get(key) for row in group["runs"]])
         names = class_names({**first, "nclass": first.get("nclass", 0)}) if first else []
-        per_class = [run.best_ious("") for run in members if run.best_ious("")]
+        per_class = [ious for ious in (run.best_ious("") for run in members) if ious]
         if per_class:
             group["per_class"] = [{"class": names[i] if i < len(names) else str(i),
                                    "mean": statistics.mean(v[i] for v in per_class),
