@@ -47,7 +47,7 @@ import torch.nn as nn
 from ..compat import COMPILE_FLOOR, TORCH_FLOOR, torch_older_than
 from ..config import PROJECT_ROOT, make_training_config
 from ..data.toy import make_toy_dataset
-from ..engine.cluster import StopRequest
+from ..engine.cluster import StopRequest, watch_parent
 from ..engine.dist import DistEnv, broadcast_buffers, cleanup, gather_objects, resolve_env
 from ..engine.trainer import Trainer
 from ..models import build_model
@@ -443,6 +443,7 @@ def distributed_worker(device_type: str, out: Path) -> int:
     import torch.distributed as dist
 
     env = resolve_env()
+    watch_parent()  # a killed launcher (the self-check's timeout) must not leave this rank waiting for the others
     if device_type == "cuda":
         env.device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(env.device)
